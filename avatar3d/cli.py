@@ -1,0 +1,64 @@
+"""The one console script, ``avatar3d``, with a tyro subcommand per stage.
+
+Each subcommand is a config dataclass (field docstrings are the help text) and a run
+function taking that config. Stages register here by module path so that ``avatar3d
+--help`` stays cheap and a stage's heavy imports happen only when it runs.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from avatar3d.errors import UserError
+
+# name -> (module, config class, run function). Add a line per stage.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "preprocess": ("avatar3d.preprocess.pipeline", "PreprocessConfig", "run_preprocess"),
+}
+
+
+def _load(name: str):
+    module_name, config_name, run_name = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, run_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Build only the chosen subcommand's parser when one is named (fast start-up, and one
+    # stage's missing optional dependency never breaks another stage's command).
+    names = [a for a in argv if a in COMMANDS][:1]
+    chosen = names or list(COMMANDS)
+    configs = {}
+    runners = {}
+    for name in chosen:
+        config_cls, run = _load(name)
+        configs[name] = config_cls
+        runners[config_cls] = (name, run)
+    try:
+        if len(configs) == 1 and names:
+            name = names[0]
+            rest = argv[argv.index(name) + 1 :]
+            config = tyro.cli(configs[name], args=rest, prog=f"avatar3d {name}")
+        else:
+            config = tyro.extras.subcommand_cli_from_dict(
+                {n: c for n, c in configs.items()}, args=argv, prog="avatar3d"
+            )
+    except SystemExit as exc:  # tyro's --help / usage errors
+        return int(exc.code or 0)
+    name, run = runners[type(config)]
+    try:
+        run(config)
+    except UserError as exc:
+        print(f"avatar3d {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"avatar3d {name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

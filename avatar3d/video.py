@@ -1,0 +1,212 @@
+"""Video and audio file I/O through PyAV: the one place that talks to containers and codecs.
+
+Frames are ``[H, W, 3] uint8`` RGB arrays; audio is ``[S] float32`` mono in [-1, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from avatar3d.errors import UserError
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file holds. ``fps``/``width``/``height``/``num_frames`` are 0 without video."""
+
+    path: Path
+    has_video: bool
+    has_audio: bool
+    fps: float
+    width: int
+    height: int
+    num_frames: int
+    duration: float  # seconds, of the longest stream
+    audio_rate: int
+
+
+def _open(path: Path):
+    import av
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"expected a media file, got a folder: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"empty file: {path}")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as video/audio (corrupt or not a media file): {exc}") from None
+
+
+def probe(path: Path) -> MediaInfo:
+    """Container-level facts about ``path``; raises UserError if it is not a readable media file."""
+    with _open(path) as c:
+        v = c.streams.video[0] if c.streams.video else None
+        a = c.streams.audio[0] if c.streams.audio else None
+        duration = float(c.duration / 1_000_000) if c.duration else 0.0
+        fps = float(v.average_rate or v.guessed_rate or 0) if v is not None else 0.0
+        num_frames = int(v.frames) if v is not None and v.frames else 0
+        if v is not None and not num_frames and duration and fps:
+            num_frames = int(round(duration * fps))
+        return MediaInfo(
+            path=Path(path),
+            has_video=v is not None,
+            has_audio=a is not None,
+            fps=fps,
+            width=int(v.codec_context.width) if v is not None else 0,
+            height=int(v.codec_context.height) if v is not None else 0,
+            num_frames=num_frames,
+            duration=duration,
+            audio_rate=int(a.codec_context.sample_rate) if a is not None else 0,
+        )
+
+
+def iter_frames(path: Path) -> Iterator[np.ndarray]:
+    """Decode every video frame of ``path`` as ``[H, W, 3] uint8`` RGB, in order."""
+    import av
+
+    with _open(path) as c:
+        if not c.streams.video:
+            raise UserError(f"no video stream in {path}")
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in c.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as exc:
+            raise UserError(f"video {path} is corrupt or truncated: {exc}") from None
+
+
+def read_frames(path: Path) -> np.ndarray:
+    """All frames of ``path``: ``[N, H, W, 3] uint8``. Mind the memory for long clips."""
+    frames = list(iter_frames(path))
+    if not frames:
+        raise UserError(f"no decodable video frames in {path}")
+    return np.stack(frames)
+
+
+def read_audio(path: Path, rate: int = 16_000) -> np.ndarray:
+    """Decode the first audio stream of ``path``, downmixed to mono and resampled: ``[S] float32``."""
+    import av
+
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise UserError(f"no audio track in {path}")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in c.decode(c.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as exc:
+            raise UserError(f"audio in {path} is corrupt or truncated: {exc}") from None
+    if not chunks:
+        raise UserError(f"audio track of {path} is empty")
+    return np.concatenate(chunks).astype(np.float32)
+
+
+class VideoWriter:
+    """Write RGB frames to an H.264 mp4 (optionally with an AAC track) through PyAV.
+
+    Use as a context manager; ``write(frame)`` takes ``[H, W, 3] uint8``. ``crf`` 0-51, lower is
+    better quality (18 is visually lossless for most content).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        width: int,
+        height: int,
+        fps: int = 25,
+        crf: int = 18,
+        audio: np.ndarray | None = None,
+        audio_rate: int = 16_000,
+        pix_fmt: str = "yuv420p",
+    ):
+        import av
+
+        self.path = Path(path)
+        self._container = av.open(str(self.path), mode="w")
+        self._video = self._container.add_stream("libx264", rate=Fraction(fps))
+        self._video.width, self._video.height = int(width), int(height)
+        self._video.pix_fmt = pix_fmt
+        self._video.options = {"crf": str(crf), "preset": "medium"}
+        self._audio_data = audio
+        self._audio_rate = audio_rate
+        self._astream = None
+        if audio is not None:
+            self._astream = self._container.add_stream("aac", rate=audio_rate)
+            self._astream.layout = "mono"
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        for packet in self._video.encode(vf):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        import av
+
+        for packet in self._video.encode():
+            self._container.mux(packet)
+        if self._astream is not None:
+            samples = np.clip(np.asarray(self._audio_data, np.float32), -1, 1)
+            chunk = 1024
+            pts = 0
+            for start in range(0, len(samples), chunk):
+                block = samples[start : start + chunk].reshape(1, -1)
+                af = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+                af.sample_rate = self._audio_rate
+                af.pts = pts
+                pts += block.shape[1]
+                for packet in self._astream.encode(af):
+                    self._container.mux(packet)
+            for packet in self._astream.encode():
+                self._container.mux(packet)
+        self._container.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            try:
+                self._container.close()
+            except Exception:
+                pass
+
+
+def write_video(
+    path: Path,
+    frames: Iterable[np.ndarray],
+    fps: int = 25,
+    crf: int = 18,
+    audio: np.ndarray | None = None,
+    audio_rate: int = 16_000,
+) -> int:
+    """Write frames (and optional mono audio) to ``path``; returns the number of frames written."""
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("no frames to write")
+    h, w = first.shape[:2]
+    n = 0
+    with VideoWriter(path, w, h, fps=fps, crf=crf, audio=audio, audio_rate=audio_rate) as writer:
+        writer.write(first)
+        n += 1
+        for frame in it:
+            writer.write(frame)
+            n += 1
+    return n

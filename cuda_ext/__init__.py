@@ -1,0 +1,1 @@
+"""CUDA kernels with a pure-PyTorch twin of each (importing never compiles)."""

@@ -1,0 +1,1 @@
+"""Video -> dataset stages: decode, track, pose, parse, background, audio features."""

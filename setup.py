@@ -1,0 +1,40 @@
+"""avatar3d: per-identity 3D talking-head avatars.
+
+Top-level folders are installed under one import namespace (see DESIGN.md):
+preprocess/ -> avatar3d.preprocess, viewer/ -> avatar3d.viewer, cuda_ext/ -> avatar3d.cuda_ext.
+"""
+from setuptools import setup
+
+setup(
+    name="avatar3d",
+    version="0.1.0",
+    description="Per-identity 3D talking-head avatars: preprocess, fit, render, view.",
+    python_requires=">=3.11",
+    packages=["avatar3d", "avatar3d.preprocess", "avatar3d.viewer", "avatar3d.cuda_ext"],
+    package_dir={
+        "avatar3d": "avatar3d",
+        "avatar3d.preprocess": "preprocess",
+        "avatar3d.viewer": "viewer",
+        "avatar3d.cuda_ext": "cuda_ext",
+    },
+    package_data={
+        "avatar3d": ["assets/*"],
+        "avatar3d.cuda_ext": ["csrc/*"],
+        "avatar3d.viewer": ["static/*"],
+    },
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "av>=12,<20",
+        "mediapipe>=1.2,<1.3",
+        "tyro>=0.9,<2",
+        "tqdm>=4.60,<5",
+        "soundfile>=0.12,<1",
+        "scikit-image>=0.22,<1",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7"],
+    },
+    entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},
+)

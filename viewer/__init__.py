@@ -1,0 +1,1 @@
+"""Browser viewer: live render, microphone in."""
