@@ -47,3 +47,18 @@ def test_commit_dir_replaces_existing(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == ["new"]
     assert not work.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with fsutil.atomic_file(tmp_path / "a.txt", "w") as f:
+            f.write("x")
+        with fsutil.atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
