@@ -128,10 +128,12 @@ class DatasetPaths:
 
 @dataclass(frozen=True)
 class StageRecord:
-    """One finished preprocess stage: its code version and how long it took."""
+    """One finished preprocess stage: its code version, how long it took, and a hash of the
+    options that shape its output (a rerun with other options redoes the stage)."""
 
     version: int
     seconds: float
+    params: str = ""
 
 
 @dataclass

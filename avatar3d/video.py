@@ -27,6 +27,11 @@ class MediaInfo:
     num_frames: int
     duration: float  # seconds, of the longest stream
     audio_rate: int
+    start: float = 0.0  # container start time, seconds
+    video_start: float = 0.0  # first video timestamp, seconds (0 without video)
+    video_duration: float = 0.0  # seconds covered by the video stream (0 if unknown)
+    audio_start: float = 0.0  # first audio timestamp, seconds (0 without audio)
+    audio_duration: float = 0.0  # seconds covered by the audio stream (0 if unknown)
 
 
 def _open(path: Path):
@@ -42,7 +47,23 @@ def _open(path: Path):
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path} as video/audio (corrupt or not a media file): {exc}") from None
+        with open(path, "rb") as f:
+            head = f.read(12)
+        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"):  # an ISO-BMFF (mp4/mov) file
+            raise UserError(
+                f"{path} is a truncated or corrupt mp4/mov (its index cannot be read): {exc}"
+            ) from None
+        raise UserError(
+            f"cannot read {path} as video/audio (corrupt or not a media file): {exc}"
+        ) from None
+
+
+def _stream_span(stream) -> tuple[float, float]:
+    """(start, duration) of a stream in seconds; 0 where the container does not say."""
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
+    dur = float(stream.duration * tb) if stream.duration is not None and tb else 0.0
+    return start, dur
 
 
 def probe(path: Path) -> MediaInfo:
@@ -55,6 +76,11 @@ def probe(path: Path) -> MediaInfo:
         num_frames = int(v.frames) if v is not None and v.frames else 0
         if v is not None and not num_frames and duration and fps:
             num_frames = int(round(duration * fps))
+        v_start, v_dur = _stream_span(v) if v is not None else (0.0, 0.0)
+        a_start, a_dur = _stream_span(a) if a is not None else (0.0, 0.0)
+        if v is not None and not v_dur and num_frames and fps:
+            v_dur = num_frames / fps
+        start = float(c.start_time / 1_000_000) if c.start_time is not None else 0.0
         return MediaInfo(
             path=Path(path),
             has_video=v is not None,
@@ -65,11 +91,22 @@ def probe(path: Path) -> MediaInfo:
             num_frames=num_frames,
             duration=duration,
             audio_rate=int(a.codec_context.sample_rate) if a is not None else 0,
+            start=start,
+            video_start=v_start,
+            video_duration=v_dur,
+            audio_start=a_start,
+            audio_duration=a_dur,
         )
 
 
 def iter_frames(path: Path) -> Iterator[np.ndarray]:
     """Decode every video frame of ``path`` as ``[H, W, 3] uint8`` RGB, in order."""
+    for _, frame in iter_timed_frames(path):
+        yield frame
+
+
+def iter_timed_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
+    """Decode every video frame of ``path`` as ``(time in seconds, [H, W, 3] uint8 RGB)``."""
     import av
 
     with _open(path) as c:
@@ -77,11 +114,50 @@ def iter_frames(path: Path) -> Iterator[np.ndarray]:
             raise UserError(f"no video stream in {path}")
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
+        tb = stream.time_base
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        k = 0
         try:
             for frame in c.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                t = float(frame.pts * tb) if frame.pts is not None else k / fps
+                yield t, frame.to_ndarray(format="rgb24")
+                k += 1
         except av.error.FFmpegError as exc:
             raise UserError(f"video {path} is corrupt or truncated: {exc}") from None
+
+
+def read_frames_at(path: Path, times: Iterable[float]) -> list[tuple[float, np.ndarray]]:
+    """The frames shown at each of ``times`` (seconds, increasing), found by seeking.
+
+    Returns ``(frame time, [H, W, 3] uint8)`` per requested time (the last frame at or before it,
+    or the first frame for times before the start). Cheap for a few frames of a long clip.
+    """
+    import av
+
+    out: list[tuple[float, np.ndarray]] = []
+    with _open(path) as c:
+        if not c.streams.video:
+            raise UserError(f"no video stream in {path}")
+        stream = c.streams.video[0]
+        tb = stream.time_base
+        try:
+            for target in times:
+                c.seek(max(0, int(target / tb)), stream=stream, backward=True, any_frame=False)
+                best = None
+                for frame in c.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    ft = float(frame.pts * tb)
+                    if best is not None and ft > target + 1e-6:
+                        break
+                    best = (ft, frame.to_ndarray(format="rgb24"))
+                    if ft >= target - 1e-6:
+                        break
+                if best is not None:
+                    out.append(best)
+        except av.error.FFmpegError as exc:
+            raise UserError(f"video {path} is corrupt or truncated: {exc}") from None
+    return out
 
 
 def read_frames(path: Path) -> np.ndarray:
@@ -118,7 +194,8 @@ class VideoWriter:
     """Write RGB frames to an H.264 mp4 (optionally with an AAC track) through PyAV.
 
     Use as a context manager; ``write(frame)`` takes ``[H, W, 3] uint8``. ``crf`` 0-51, lower is
-    better quality (18 is visually lossless for most content).
+    better quality (18 is visually lossless for most content); ``preset`` is x264's speed/size
+    trade-off (ultrafast ... veryslow).
     """
 
     def __init__(
@@ -131,6 +208,7 @@ class VideoWriter:
         audio: np.ndarray | None = None,
         audio_rate: int = 16_000,
         pix_fmt: str = "yuv420p",
+        preset: str = "medium",
     ):
         import av
 
@@ -139,7 +217,7 @@ class VideoWriter:
         self._video = self._container.add_stream("libx264", rate=Fraction(fps))
         self._video.width, self._video.height = int(width), int(height)
         self._video.pix_fmt = pix_fmt
-        self._video.options = {"crf": str(crf), "preset": "medium"}
+        self._video.options = {"crf": str(crf), "preset": preset}
         self._audio_data = audio
         self._audio_rate = audio_rate
         self._astream = None

@@ -1,0 +1,96 @@
+"""Preprocess stage: audio features aligned to the video frames.
+
+Reads ``audio.wav`` (16 kHz mono, exactly ``num_frames * 640`` samples) and writes one
+``features/<encoder>.npy`` per encoder, ``[num_frames, *frame_shape] float32`` (see
+:mod:`avatar3d.audio` for each encoder's layout). Precomputed ``.npy`` features from other
+projects can be brought in too; they are resampled to the 25 fps frames.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avatar3d import audio as A
+from avatar3d.dataset import SAMPLES_PER_FRAME, DatasetPaths, Manifest
+from avatar3d.errors import UserError
+from avatar3d.fsutil import atomic_file
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class AudioFeatureConfig:
+    """Which audio features the dataset gets."""
+
+    encoders: tuple[str, ...] = ("mel",)
+    """Audio encoders to run (see avatar3d.audio.ENCODERS): mel, whisper_tiny_en (needs the
+    `audio` extra)."""
+
+    precomputed: tuple[Path, ...] = ()
+    """Precomputed features (.npy, ER-NeRF/TalkingGaussian layout, e.g. DeepSpeech [M, 16, 29]
+    or HuBERT [M, 1024] / [M, 2, 1024] at 25 or 50 fps) to align to the frames; each is stored
+    as features/<file stem>.npy."""
+
+    device: str = "cpu"
+    """Device for encoders that run a network (whisper_tiny_en): cpu or cuda."""
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    with atomic_file(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr, np.float32))
+
+
+def run_audio_features(paths: DatasetPaths, manifest: Manifest, config: AudioFeatureConfig) -> dict:
+    """Write ``paths.features(name)`` for every configured encoder; return stats for report.json.
+
+    Returns ``{name: {"shape": [...], "seconds": float, "mean": float, "std": float,
+    "silent_fraction": float (mel only)}}``.
+    """
+    for name in config.encoders:
+        A.get_encoder(name)  # fail on a typo before any work
+    names_pre = [Path(p).stem for p in config.precomputed]
+    clash = sorted(set(names_pre) & set(config.encoders)) or sorted(
+        {n for n in names_pre if names_pre.count(n) > 1}
+    )
+    if clash:
+        raise UserError(f"two audio features would be written as features/{clash[0]}.npy")
+    if not paths.audio.is_file():
+        raise UserError(f"dataset {paths.root} has no audio.wav: rerun `avatar3d preprocess`")
+    audio = A.load_audio(paths.audio)  # [S]
+    n = manifest.num_frames
+    if len(audio) != n * SAMPLES_PER_FRAME:
+        raise UserError(
+            f"{paths.audio} has {len(audio)} samples, expected {n} frames x {SAMPLES_PER_FRAME} = "
+            f"{n * SAMPLES_PER_FRAME}: rerun `avatar3d preprocess`"
+        )
+    paths.features_dir.mkdir(parents=True, exist_ok=True)
+    stats: dict[str, dict] = {}
+    for name in config.encoders:
+        t0 = time.perf_counter()
+        feats = A.encode(name, audio, device=config.device)  # [N, ...]
+        _save(paths.features(name), feats)
+        entry = {
+            "shape": list(feats.shape),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "mean": float(feats.mean()),
+            "std": float(feats.std()),
+        }
+        if name == "mel":
+            # A frame is silent when its loudest mel band is below -60 dB re full scale.
+            entry["silent_fraction"] = float((feats.max(axis=(1, 2)) < (-6 + 4) / 4).mean())
+        stats[name] = entry
+    for src, name in zip(config.precomputed, names_pre):
+        t0 = time.perf_counter()
+        feats = A.load_precomputed(Path(src), n)
+        _save(paths.features(name), feats)
+        stats[name] = {
+            "shape": list(feats.shape),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "mean": float(feats.mean()),
+            "std": float(feats.std()),
+            "source": str(src),
+        }
+    return stats
