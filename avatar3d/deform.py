@@ -1,0 +1,177 @@
+"""Deformation fields that move the canonical Gaussians with the per-frame conditioning.
+
+- Face branch (:class:`FaceDeformer`): a tri-plane hash grid (plus a low-frequency positional
+  encoding, which gives the field spatial structure from the first step) encodes each Gaussian's
+  normalised canonical position; a spatial attention vector computed from that encoding gates the
+  conditioning features (region attention: each part of the face listens to the channels of the
+  motion/audio code that move it); a small MLP maps [encoding, gated conditioning] to offsets of
+  position, rotation (quaternion residual) and log-scale. The last layer starts at zero, so the
+  untrained field is the identity.
+- Mouth branch (:class:`MouthDeformer`): the inside of the mouth (teeth, tongue, cavity) moves
+  rigidly with the jaw. Each mouth Gaussian carries a small linear motion basis (a per-Gaussian
+  attribute ``motion_basis`` [N, K*3] in its parameter dict, so densify/prune carry it); its
+  offset is ``sum_k code_k * basis_k`` with ``code`` = jaw/mouth blendshapes (jawOpen first).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from avatar3d.dataset import blendshape_index
+
+# Blendshapes that drive the inside of the mouth (jaw opening first).
+MOUTH_CODE_NAMES: tuple[str, ...] = (
+    "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLowerDownLeft", "mouthLowerDownRight",
+)
+
+
+POS_FREQS = 3  # low-frequency sin/cos of the position beside the hash grid (smooth, immediate)
+
+
+def positional_encoding(x: torch.Tensor) -> torch.Tensor:
+    """x and sin/cos of x at frequencies pi * 2**k. [N, 3] -> [N, 3 + 6 * POS_FREQS]"""
+    freqs = torch.pi * 2.0 ** torch.arange(POS_FREQS, device=x.device, dtype=x.dtype)  # [F]
+    ang = (x[:, :, None] * freqs).reshape(x.shape[0], -1)  # [N, 3F]
+    return torch.cat([x, torch.sin(ang), torch.cos(ang)], dim=-1)
+
+
+@dataclass(frozen=True)
+class DeformConfig:
+    """Size of the face deformation field."""
+
+    num_levels: int = 16
+    """Hash-grid levels per plane."""
+    features_per_level: int = 2
+    """Features per level."""
+    log2_table_size: int = 17
+    """log2 of the hash table size per level."""
+    base_resolution: int = 16
+    """Coarsest grid resolution."""
+    max_resolution: int = 1024
+    """Finest grid resolution (over the head box)."""
+    hidden: int = 64
+    """Width of the MLP."""
+    cond_dim: int = 32
+    """Width of the conditioning features that the region attention gates."""
+    audio_hidden: int = 32
+    """Width of the per-frame audio feature encoder (used when audio features are given)."""
+
+
+@dataclass(frozen=True)
+class Deformation:
+    """Per-Gaussian offsets for a batch of frames."""
+
+    d_means: torch.Tensor  # [B, N, 3] cm
+    d_quats: torch.Tensor  # [B, N, 4] residual added to the canonical quaternion
+    d_log_scales: torch.Tensor  # [B, N, 3]
+
+
+class FaceDeformer(nn.Module):
+    """Hash-grid + region-attention MLP deformation of the face Gaussians (see module docstring)."""
+
+    def __init__(
+        self,
+        config: DeformConfig,
+        motion_dim: int,
+        audio_shape: tuple[int, int] | None,  # (W, A): window length and feature size, or None
+        box_min: torch.Tensor,  # [3] head box in canonical space (cm)
+        box_max: torch.Tensor,  # [3]
+    ):
+        super().__init__()
+        from avatar3d.cuda_ext import TriPlaneHashGrid
+
+        self.config = config
+        self.grid = TriPlaneHashGrid(
+            num_levels=config.num_levels,
+            features_per_level=config.features_per_level,
+            log2_table_size=config.log2_table_size,
+            base_resolution=config.base_resolution,
+            max_resolution=config.max_resolution,
+        )
+        self.register_buffer("box_min", box_min.float().clone())
+        self.register_buffer("box_max", box_max.float().clone())
+        C = config.cond_dim
+        self.motion_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
+        self.audio_net = None
+        if audio_shape is not None:
+            W, A = audio_shape
+            H = config.audio_hidden
+            self.audio_net = nn.Sequential(nn.Linear(A, H), nn.LeakyReLU(0.1), nn.Linear(H, H))
+            self.audio_time_attn = nn.Linear(H, 1)  # attention over the window's frames
+            self.audio_out = nn.Linear(H, C)
+        enc_dim = self.grid.out_dim + 3 + 6 * POS_FREQS
+        self.attention = nn.Linear(enc_dim, C)
+        self.mlp = nn.Sequential(
+            nn.Linear(enc_dim + C, config.hidden),
+            nn.LeakyReLU(0.1),
+            nn.Linear(config.hidden, config.hidden),
+            nn.LeakyReLU(0.1),
+            nn.Linear(config.hidden, 10),
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Re-initialise every weight from ``generator`` (modules draw from the global RNG otherwise)."""
+        from avatar3d.cuda_ext.hashgrid import INIT_RANGE
+
+        for name, p in self.named_parameters():
+            if name.startswith("grid."):
+                nn.init.uniform_(p, -INIT_RANGE, INIT_RANGE, generator=generator)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                bound = 1 / math.sqrt(m.weight.shape[1])
+                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Canonical positions to [0, 1] in the head box. [N, 3] -> [N, 3]"""
+        return ((x - self.box_min) / (self.box_max - self.box_min)).clamp(0.0, 1.0)
+
+    def condition(self, motion: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
+        """Conditioning features. motion [B, M], audio [B, W, A] or None -> [B, C]"""
+        c = self.motion_net(motion)
+        if self.audio_net is not None:
+            if audio is None:
+                raise ValueError("this avatar was fitted with audio features: conditioning.audio is required")
+            h = self.audio_net(audio)  # [B, W, H]
+            w = torch.softmax(self.audio_time_attn(h), dim=1)  # [B, W, 1]
+            c = c + self.audio_out((w * h).sum(1))
+        return c
+
+    def forward(self, means: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor | None) -> Deformation:
+        """means [N, 3] canonical (not differentiated through), motion [B, M], audio [B, W, A]."""
+        x = self.normalise(means.detach())  # [N, 3]
+        enc = torch.cat([self.grid(x), positional_encoding(x)], dim=-1)  # [N, E]
+        attn = torch.sigmoid(self.attention(enc))  # [N, C] region attention
+        cond = self.condition(motion, audio)  # [B, C]
+        B, N = cond.shape[0], enc.shape[0]
+        gated = attn[None] * cond[:, None, :]  # [B, N, C]
+        out = self.mlp(torch.cat([enc[None].expand(B, N, -1), gated], dim=-1))  # [B, N, 10]
+        return Deformation(out[..., :3], out[..., 3:7], out[..., 7:10])
+
+
+class MouthDeformer(nn.Module):
+    """Linear jaw-driven motion of the inside-of-the-mouth Gaussians (see module docstring)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer(
+            "code_index", torch.tensor([blendshape_index(n) for n in MOUTH_CODE_NAMES], dtype=torch.long)
+        )
+
+    @property
+    def code_dim(self) -> int:
+        return len(MOUTH_CODE_NAMES)
+
+    def forward(self, basis: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """basis [N, K*3], motion [B, 52] blendshapes -> position offsets [B, N, 3]."""
+        code = motion[:, self.code_index]  # [B, K]
+        N = basis.shape[0]
+        return torch.einsum("bk,nkd->bnd", code, basis.reshape(N, -1, 3))
