@@ -124,7 +124,7 @@ PRESETS: dict[str, FitParams] = {
             split_scale=0.02, max_gaussians=5000,
         ),
         checkpoint_every=200,
-        prior_finetune_steps=150,
+        prior_finetune_steps=60,
     ),
 }
 
