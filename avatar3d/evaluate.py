@@ -1,0 +1,311 @@
+"""``avatar3d eval RUN [--audio WAV]``: one ruler for an avatar's quality, as JSON plus a plot.
+
+Self-driven (the val split of the run's own dataset, frames never trained on):
+    PSNR, SSIM and LMD from :func:`avatar3d.fit.evaluate` (tracked blendshapes drive the avatar),
+    and the Pearson r between the *rendered* mouth opening and the true one (the tracker's
+    landmarks on the real val frames). The rendered opening is measured by running the face
+    tracker on the rendered frames, so the ruler does not trust the model. It is measured twice:
+    driven by the tracked blendshapes, and driven by the clip's own audio through the prior
+    (:mod:`avatar3d.render`'s code path).
+Cross-driven (``--audio``):
+    the frames :mod:`avatar3d.render` would write for that audio (same code), the tracker on them,
+    and :func:`avatar3d.sync.lagged_correlation` of their mouth opening against
+    :func:`avatar3d.sync.speech_envelope` of the audio (best r and its lag), beside the same
+    measure on the real clip with its own audio (the reference); the mouth opening in the audio's
+    silent frames against the 10th percentile of the training frames' opening; and neck/torso
+    flicker (:func:`avatar3d.sync.flicker` inside the TORSO label) of the rendered frames against
+    the real video's.
+
+Writes ``-o`` (default RUN/eval.json) and a PNG of mouth opening over time beside it (same name,
+``.png``), both atomically.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+import tyro
+
+from avatar3d.dataset import DatasetPaths, Label
+from avatar3d.errors import UserError
+
+SILENCE_DB = -60.0  # speech-band envelope below this (dB) counts as a silent frame
+DETECT_CHUNK = 100  # frames handed to the tracker at a time (bounds memory for long audio)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Measure a fitted avatar: held-out image metrics, mouth sync with new audio, torso flicker."""
+
+    run: tyro.conf.Positional[Path]
+    """Run folder (from `avatar3d fit`)."""
+    audio: Path | None = None
+    """Driving audio for the cross-driven measures (any format); none = self-driven only."""
+    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None
+    """JSON to write (default RUN/eval.json); the plot goes beside it as .png."""
+    max_lag: int = 8
+    """Largest audio/mouth lag searched, in frames (either direction)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device to render on; auto = cuda when available, else cpu."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class Openings:
+    """Mouth opening over time (inner-lip gap / eye-corner distance), NaN where no face was found."""
+
+    values: np.ndarray  # [N] float64
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    from avatar3d.sync import lagged_correlation
+
+    return lagged_correlation(a, b, max_lag=0).r_at_zero
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _nanstat(fn, x: np.ndarray, *args) -> float | None:
+    """``fn(x[finite], *args)``; None when no value is finite (no face found anywhere)."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return _num(fn(x, *args)) if len(x) else None
+
+
+def _to_u8(x: torch.Tensor) -> np.ndarray:
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def openings_of(frames: list[np.ndarray], upscale: int = 1) -> np.ndarray:
+    """Run the tracker on ``[H, W, 3] uint8`` frames: mouth opening per frame. [N] (NaN = no face)"""
+    from avatar3d.metrics import detect_landmarks
+    from avatar3d.sync import mouth_opening
+
+    if not frames:
+        return np.zeros(0)
+    return mouth_opening(detect_landmarks(frames, upscale=upscale))
+
+
+def _window_upscale(size: int) -> int:
+    return max(1, math.ceil(384 / size))  # as fit.evaluate: the tracker wants faces of ~100+ px
+
+
+def self_driven(avatar, data, data_dir: Path, params, prior, device) -> tuple[dict, dict[str, np.ndarray]]:
+    """Val-split metrics (see module docstring) and the opening curves for the plot."""
+    from avatar3d.audio import load_audio
+    from avatar3d.avatar import composite
+    from avatar3d.fit import evaluate
+    from avatar3d.render import Driven, audio_features_for, motion_from_audio, render_heads
+    from avatar3d.sync import mouth_opening
+
+    metrics, preds = evaluate(avatar, data, params, device)
+    up = _window_upscale(data.window.size)
+    true = mouth_opening(data.landmarks[data.val])  # tracked landmarks of the real val frames
+    tracked = openings_of([_to_u8(p) for p in preds], up)
+
+    # the same val frames driven by the clip's own audio through the prior
+    paths = DatasetPaths(data_dir)
+    audio16 = load_audio(paths.audio)
+    n = data.motion.shape[0]
+    bs = motion_from_audio(prior, audio16, n, data.motion.numpy())  # [N, 52]
+    feats = audio_features_for(avatar, audio16, n)
+    val = np.asarray(data.val)
+    driven = Driven(val, torch.from_numpy(bs[val]), None if feats is None else feats[val])
+    frames = []
+    for i, rgba in zip(val, render_heads(avatar, data, driven, params, device)):
+        frames.append(_to_u8(composite(rgba, data.backgrounds[int(i)].float() / 255).clamp(0, 1)))
+    audio_driven = openings_of(frames, up)
+
+    out = {k: metrics[k] for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
+    out["mouth_opening_r_tracked_motion"] = _num(_pearson(tracked, true))
+    out["mouth_opening_r_audio_driven"] = _num(_pearson(audio_driven, true))
+    out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
+    curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
+    return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
+
+
+def _flicker_accumulate(prev: np.ndarray | None, frame: np.ndarray, prev_m, mask, acc: list[float]) -> None:
+    """Add one frame pair to a running sync.flicker (weighted by the pair's region size)."""
+    from avatar3d.sync import flicker
+
+    if prev is None:
+        return
+    region = int((prev_m & mask).sum()) * 3
+    if region:
+        acc[0] += flicker(np.stack([prev, frame]), np.stack([prev_m, mask])) * region
+        acc[1] += region
+
+
+def real_reference(info, data, max_lag: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """The measures on the real clip with its own audio, and its torso flicker."""
+    from avatar3d.audio import load_audio
+    from avatar3d.dataset import load_tracks
+    from avatar3d.masks import iter_masks
+    from avatar3d.sync import lagged_correlation, mouth_opening, speech_envelope
+    from avatar3d.video import iter_frames
+
+    paths = DatasetPaths(info.data)
+    tracks = load_tracks(info.data)
+    opening = mouth_opening(tracks["landmarks"])
+    ok = tracks["valid"].astype(bool)
+    opening = np.where(ok, opening, np.nan)
+    env = speech_envelope(load_audio(paths.audio))
+    lc = lagged_correlation(opening, env, max_lag=max_lag)
+    acc = [0.0, 0]
+    prev = prev_m = None
+    for frame, labels in zip(iter_frames(paths.frames), iter_masks(paths.masks)):
+        m = labels == Label.TORSO
+        _flicker_accumulate(prev, frame, prev_m, m, acc)
+        prev, prev_m = frame, m
+    train_open = opening[np.asarray(data.train)]
+    out = {
+        "sync_r": _num(lc.best_r), "sync_lag": lc.best_lag, "sync_r_at_zero": _num(lc.r_at_zero),
+        "torso_flicker": _num(acc[0] / acc[1]) if acc[1] else None,
+        "train_opening_p10": _nanstat(np.percentile, train_open, 10),
+        "train_opening_median": _nanstat(np.median, train_open),
+    }
+    return out, {"real_opening": opening, "real_envelope": env}
+
+
+def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag: int, progress: bool):
+    """Render the audio as `avatar3d render` would; tracker, sync and torso flicker on the frames."""
+    from tqdm import tqdm
+
+    from avatar3d.render import drive, load_frame_bases, num_output_frames, read_plate, render_frames
+    from avatar3d.sync import lagged_correlation, speech_envelope
+
+    num = num_output_frames(len(audio16))
+    driven = drive(avatar, data, prior, audio16, num, "clip")
+    bases = load_frame_bases(info.data, driven.trajectory, read_plate(info.data, info.manifest.size))
+    openings: list[np.ndarray] = []
+    chunk: list[np.ndarray] = []
+    acc = [0.0, 0]
+    prev = prev_m = None
+    bar = tqdm(total=num, disable=not progress, desc="eval", unit="frame", dynamic_ncols=True)
+    for i, frame in zip(driven.trajectory, render_frames(avatar, data, driven, bases, info.params, device)):
+        m = bases[int(i)].labels == Label.TORSO
+        _flicker_accumulate(prev, frame, prev_m, m, acc)
+        prev, prev_m = frame, m
+        chunk.append(frame)
+        if len(chunk) == DETECT_CHUNK:
+            openings.append(openings_of(chunk))
+            chunk = []
+        bar.update(1)
+    if chunk:
+        openings.append(openings_of(chunk))
+    bar.close()
+    opening = np.concatenate(openings)
+    env = speech_envelope(audio16)[:num]
+    lc = lagged_correlation(opening, env, max_lag=max_lag)
+    silent = env < SILENCE_DB
+    out = {
+        "frames": num, "rendered_frames_with_face": int(np.isfinite(opening).sum()),
+        "sync_r": _num(lc.best_r), "sync_lag": lc.best_lag, "sync_r_at_zero": _num(lc.r_at_zero),
+        "torso_flicker": _num(acc[0] / acc[1]) if acc[1] else None,
+        "silent_frames": int(silent.sum()),
+        "silent_opening_median": _nanstat(np.median, opening[silent]),
+        "silent_opening_max": _nanstat(np.max, opening[silent]),
+    }
+    return out, {"cross_opening": opening, "cross_envelope": env}
+
+
+def write_plot(path: Path, curves: dict[str, np.ndarray], title: str) -> None:
+    """Mouth opening over time: val (true vs rendered), cross-driven and real clip vs envelope."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from avatar3d.fsutil import atomic_path
+
+    rows = [("val", "self-driven val frames")]
+    if "cross_opening" in curves:
+        rows.append(("cross", "cross-driven (new audio)"))
+    rows.append(("real", "real clip, own audio"))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(11, 2.6 * len(rows)), squeeze=False)
+    for ax, (key, label) in zip(axes[:, 0], rows):
+        if key == "val":
+            t = np.arange(len(curves["val_true"])) / 25
+            ax.plot(t, curves["val_true"], "k-", lw=1.5, label="true (tracked)")
+            ax.plot(t, curves["val_tracked_motion"], "C0-", lw=1, label="rendered, tracked motion")
+            ax.plot(t, curves["val_audio_driven"], "C3-", lw=1, label="rendered, audio -> prior")
+        else:
+            o, e = curves[f"{key}_opening"], curves[f"{key}_envelope"]
+            n = min(len(o), len(e), 25 * 60)  # at most one minute shown
+            t = np.arange(n) / 25
+            ax.plot(t, o[:n], "C3-", lw=1, label="mouth opening (tracker)")
+            ax2 = ax.twinx()
+            ax2.plot(t, e[:n], "C7-", lw=0.7, alpha=0.7, label="speech envelope (dB)")
+            ax2.set_ylabel("dB")
+            ax2.legend(loc="upper right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("opening")
+        ax.legend(loc="upper left", fontsize=7)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def run_eval(config: EvalConfig) -> dict:
+    from avatar3d.avatar import Avatar
+    from avatar3d.fit import load_fit_data
+    from avatar3d.fsutil import write_json
+    from avatar3d.render import check_output, device_for, load_driving_audio, load_run_prior, open_run
+
+    t0 = time.time()
+    info = open_run(config.run)
+    out = check_output(config.output if config.output is not None else info.run / "eval.json", ".json")
+    audio16 = load_driving_audio(config.audio)[0] if config.audio is not None else None
+    device = device_for(config.device)
+
+    avatar = Avatar.load(info.run, device).eval()
+    data = load_fit_data(info.data, info.params)
+    prior, prior_path = load_run_prior(info.run, device)
+
+    result: dict = {"run": str(info.run), "dataset": str(info.data),
+                    "prior": str(prior_path) if prior_path else "shipped"}
+    result["self_driven"], curves = self_driven(avatar, data, info.data, info.params, prior, device)
+    result["real_clip"], real_curves = real_reference(info, data, config.max_lag)
+    curves.update(real_curves)
+    if audio16 is not None:
+        cross, cross_curves = cross_driven(info, avatar, data, prior, audio16, device, config.max_lag, config.progress)
+        curves.update(cross_curves)
+        real = result["real_clip"]
+        if cross["sync_r"] is not None and real["sync_r"]:
+            cross["sync_r_vs_real"] = cross["sync_r"] / real["sync_r"]
+        if cross["torso_flicker"] is not None and real["torso_flicker"]:
+            cross["torso_flicker_vs_real"] = cross["torso_flicker"] / real["torso_flicker"]
+        cross["audio"] = str(config.audio)
+        result["cross_driven"] = cross
+    result["seconds"] = round(time.time() - t0, 1)
+    write_json(out, result)
+    png = out.with_suffix(".png")
+    write_plot(png, curves, f"{info.run.name}: mouth opening over time")
+
+    s = result["self_driven"]
+    line = (f"avatar3d eval: {out}  val PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, "
+            f"LMD {s['lmd_px'] if s['lmd_px'] is not None else float('nan'):.2f} px, mouth r "
+            f"{_fmt(s['mouth_opening_r_tracked_motion'])} (tracked) / {_fmt(s['mouth_opening_r_audio_driven'])} (audio)")
+    if "cross_driven" in result:
+        c = result["cross_driven"]
+        line += (f"; cross sync r {_fmt(c['sync_r'])} at lag {c['sync_lag']} (real {_fmt(result['real_clip']['sync_r'])}"
+                 f" at {result['real_clip']['sync_lag']}), torso flicker {_fmt(c['torso_flicker'])} "
+                 f"(real {_fmt(result['real_clip']['torso_flicker'])})")
+    print(line + f"; plot {png}")
+    return result
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

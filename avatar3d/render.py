@@ -1,0 +1,409 @@
+"""``avatar3d render RUN --audio WAV -o OUT.mp4``: make a fitted avatar speak new audio.
+
+audio (any format, any rate) -> 16 kHz mono -> the audio-to-motion prior (RUN/prior.pt when fit
+wrote an identity-fine-tuned one, else the shipped prior) -> per-frame mouth/jaw/cheek
+blendshapes. The other blendshapes (blinks, brows, gaze) and the head pose come from a trajectory
+of the training clip: ``--pose clip`` walks the tracked training frames forward and back
+(ping-pong) for as long as the audio lasts, ``--pose still`` holds one frame's pose.
+
+Each frame: ``Avatar.render`` at the fit window's resolution -> upsampled to the window's size in
+the dataset frame -> composited (premultiplied alpha) over that trajectory frame's own torso and
+background (the dataset frame outside the head, the background plate inside it; ``--background
+IMAGE`` also replaces the pixels labelled background). The torso therefore moves exactly as it
+moved with that head pose in the real clip. Frames go to an H.264 mp4 at 25 fps with the audio
+muxed as AAC; frame count = round(audio duration x 25), audio padded/trimmed to the same length.
+The mp4 is written atomically.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tyro
+
+from avatar3d.dataset import FPS, AUDIO_RATE, SAMPLES_PER_FRAME, DatasetPaths, Label, Manifest, read_manifest
+from avatar3d.errors import UserError
+
+MIN_AUDIO_SECONDS = 0.5
+AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+MUX_MIN_RATE = 44_100  # lower source rates are muxed at 48 kHz (AAC frames of 1024 samples stay < 25 ms)
+HEAD_LABELS = (int(Label.FACE), int(Label.HAIR), int(Label.MOUTH))
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Render a fitted avatar speaking an audio file to an mp4 with the sound muxed in."""
+
+    run: tyro.conf.Positional[Path]
+    """Run folder (from `avatar3d fit`)."""
+    audio: Path
+    """Driving audio: any common audio (or video) format and sample rate."""
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
+    """The mp4 to write (its folder must exist)."""
+    pose: Literal["clip", "still"] = "clip"
+    """clip: head pose and torso follow the training clip, looped back and forth; still: one frame's pose."""
+    still_frame: int = 0
+    """With --pose still: which tracked training frame (0 = the first) gives the pose."""
+    background: Path | None = None
+    """An image to show instead of the recorded background (resized to the frame)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device to render on; auto = cuda when available, else cpu."""
+    crf: int = 18
+    """H.264 quality (0-51, lower is better)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs (all checked before anything heavy runs or anything is written)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A fitted run and the dataset it was fitted on."""
+
+    run: Path
+    data: Path
+    manifest: Manifest
+    params: "object"  # avatar3d.fit.FitParams
+
+
+def open_run(run: Path) -> RunInfo:
+    """Check RUN and its dataset; UserError (one line) when either is missing, stale or corrupt."""
+    from avatar3d.avatar import AVATAR_CONFIG_FILE, AVATAR_FILE
+    from avatar3d.fit import CONFIG_FILE, params_from_json
+
+    run = Path(run)
+    if not run.exists():
+        raise UserError(f"run not found: {run}")
+    if not run.is_dir() or not (run / CONFIG_FILE).is_file():
+        raise UserError(f"not an avatar3d run (no {CONFIG_FILE}): {run}")
+    for name in (AVATAR_CONFIG_FILE, AVATAR_FILE):
+        if not (run / name).is_file():
+            raise UserError(f"not a finished avatar3d run (no {name}): {run}")
+    try:
+        config = json.loads((run / CONFIG_FILE).read_text())
+        data = Path(config["fit"]["data"])
+        params = params_from_json(config["params"], str(run / CONFIG_FILE))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"corrupt run config {run / CONFIG_FILE}: {exc}") from None
+    if not data.is_absolute():
+        data = (Path.cwd() / data).resolve()
+    try:
+        manifest = read_manifest(data)
+    except UserError as exc:
+        raise UserError(f"run {run} was fitted on a dataset that cannot be used: {exc}") from None
+    return RunInfo(run, data, manifest, params)
+
+
+def load_driving_audio(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read the driving audio: (``[S] float32`` 16 kHz mono for the prior, ``[S'] float32`` mono at
+    the mux rate, the mux rate). UserError when unreadable, empty or shorter than 0.5 s."""
+    from avatar3d.audio import load_audio
+    from avatar3d.video import probe, read_audio
+
+    path = Path(path)
+    info = probe(path)  # UserError: missing, empty, not media
+    if not info.has_audio:
+        raise UserError(f"no audio track in {path}")
+    audio16 = load_audio(path)
+    if len(audio16) == 0:
+        raise UserError(f"audio {path} is empty")
+    seconds = len(audio16) / AUDIO_RATE
+    if seconds < MIN_AUDIO_SECONDS:
+        raise UserError(f"audio {path} is {seconds:.2f} s long: render needs at least {MIN_AUDIO_SECONDS} s")
+    rate = info.audio_rate if info.audio_rate in AAC_RATES and info.audio_rate >= MUX_MIN_RATE else 48_000
+    mux = read_audio(path, rate=rate)
+    return audio16, mux, rate
+
+
+def check_output(path: Path, suffix: str = ".mp4") -> Path:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"output folder does not exist: {path.parent}")
+    if path.is_dir():
+        raise UserError(f"output is a folder, expected a file: {path}")
+    if path.suffix.lower() != suffix:
+        raise UserError(f"output must be a {suffix} file: {path}")
+    return path
+
+
+def read_background_image(path: Path, size: int) -> np.ndarray:
+    """``--background`` image resized to the frame: ``[size, size, 3] uint8`` RGB."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"background image not found: {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(f"cannot read background image {path}")
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def device_for(name: str) -> torch.device:
+    from avatar3d.fit import _device
+
+    return _device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving signals
+
+
+def num_output_frames(num_samples: int, rate: int = AUDIO_RATE) -> int:
+    """round(duration x 25)."""
+    return max(1, int(round(num_samples / rate * FPS)))
+
+
+def ping_pong(num: int, length: int) -> np.ndarray:
+    """Indices 0, 1, .., length-1, length-2, .., 1, 0, 1, ... of ``num`` steps. [num] int"""
+    if length <= 1:
+        return np.zeros(num, np.int64)
+    period = 2 * (length - 1)
+    p = np.arange(num) % period
+    return np.where(p < length, p, period - p).astype(np.int64)
+
+
+def trajectory(train: np.ndarray, num: int, pose: str, still_frame: int = 0) -> np.ndarray:
+    """Dataset frame indices giving each output frame its head pose and torso. [num] int"""
+    train = np.asarray(train, np.int64)
+    if pose == "still":
+        if not 0 <= still_frame < len(train):
+            raise UserError(f"--still-frame {still_frame} is out of range: the run has {len(train)} training frames")
+        return np.full(num, train[still_frame], np.int64)
+    return train[ping_pong(num, len(train))]
+
+
+def load_run_prior(run: Path, device):
+    """RUN/prior.pt (fine-tuned on the identity) when present, else the shipped prior."""
+    from avatar3d.fit import PRIOR_FILE
+    from avatar3d.prior import load_prior
+
+    path = Path(run) / PRIOR_FILE
+    return load_prior(path if path.is_file() else None, device=device), (path if path.is_file() else None)
+
+
+def motion_from_audio(prior, audio16: np.ndarray, num: int, base: np.ndarray) -> np.ndarray:
+    """Per-frame blendshapes ``[num, 52]``: mouth channels from the prior, the rest from ``base`` [num, 52]."""
+    from avatar3d.prior import blendshapes_from_motion, predict_motion_from_audio
+
+    need = num * SAMPLES_PER_FRAME
+    audio = np.zeros(need, np.float32)
+    audio[: min(need, len(audio16))] = audio16[:need]
+    motion = predict_motion_from_audio(prior, audio)  # [num, 28]
+    return blendshapes_from_motion(motion[:num], base=base)
+
+
+def audio_features_for(avatar, audio16: np.ndarray, num: int) -> torch.Tensor | None:
+    """The avatar's own audio features of the driving audio, ``[num, A]`` flattened (None if it has none)."""
+    name = avatar.spec.audio_features
+    if not name:
+        return None
+    from avatar3d import audio as A
+
+    need = num * SAMPLES_PER_FRAME
+    audio = np.zeros(need, np.float32)
+    audio[: min(need, len(audio16))] = audio16[:need]
+    feats = A.encode(name, audio).reshape(num, -1)
+    return torch.from_numpy(np.ascontiguousarray(feats, np.float32))
+
+
+def conditioning(motion: torch.Tensor, audio: torch.Tensor | None, k: int, window: int, device):
+    """Frame k's Conditioning: motion [N, 52], audio [N, A] features (window around k, as in fit)."""
+    from avatar3d.avatar import Conditioning
+
+    a = None
+    if audio is not None:
+        n = audio.shape[0]
+        idx = torch.arange(k - window // 2, k - window // 2 + window).clamp(0, n - 1)
+        a = audio[idx][None]  # [1, W, A]
+    return Conditioning(motion[k : k + 1], a).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compositing into the dataset frame
+
+
+@dataclass(frozen=True)
+class FrameBase:
+    """What one output frame is composited over, at the dataset's frame size."""
+
+    image: np.ndarray  # [H, W, 3] uint8: the frame outside the head, plate (or --background) inside
+    labels: np.ndarray  # [H, W] uint8 label map of that dataset frame
+
+
+def load_frame_bases(
+    data_dir: Path, indices: np.ndarray, plate: np.ndarray, background: np.ndarray | None = None
+) -> dict[int, FrameBase]:
+    """The composite bases of the dataset frames in ``indices`` (one decode pass over the clip)."""
+    from avatar3d.masks import iter_masks
+    from avatar3d.video import iter_frames
+
+    paths = DatasetPaths(Path(data_dir))
+    wanted = set(int(i) for i in np.unique(indices))
+    last = max(wanted)
+    out: dict[int, FrameBase] = {}
+    heads = np.array(HEAD_LABELS, np.uint8)
+    for i, (frame, labels) in enumerate(zip(iter_frames(paths.frames), iter_masks(paths.masks))):
+        if i > last:
+            break
+        if i not in wanted:
+            continue
+        head = np.isin(labels, heads)
+        base = np.where(head[..., None], plate, frame)
+        if background is not None:
+            base = np.where((head | (labels == Label.BACKGROUND))[..., None], background, base)
+        extend_neck(base, frame, labels, head)
+        out[i] = FrameBase(np.ascontiguousarray(base), labels)
+    missing = wanted - set(out)
+    if missing:
+        raise UserError(f"dataset {data_dir}: frames.mp4/masks.mkv lack frames {sorted(missing)[:5]}")
+    return out
+
+
+def extend_neck(base: np.ndarray, frame: np.ndarray, labels: np.ndarray, head: np.ndarray) -> None:
+    """Carry the neck up into the head region just above it, in place: ``base`` [H, W, 3].
+
+    The head mask belongs to the trajectory frame's mouth; when the new audio closes the jaw
+    further, the rendered chin no longer reaches the mask's lower edge and the plate (background)
+    would show as a seam between chin and neck. Head pixels within ~5 % of the frame above the
+    torso/neck take, per column, the colour of the neck just below them.
+    """
+    import cv2
+
+    torso = labels == Label.TORSO
+    if not torso.any():
+        return
+    h, w = labels.shape
+    k = 2 * max(1, int(round(0.025 * h))) + 1
+    near = cv2.dilate(torso.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    first = np.where(torso.any(0), torso.argmax(0), h)  # [W] first torso row of each column
+    below = (np.arange(h)[:, None] < first[None, :])  # [H, W] above that column's torso
+    band = head & near & below
+    if band.any():
+        rows = np.clip(first + 2, 0, h - 1)  # a little inside the neck
+        colours = frame[rows, np.arange(w)]  # [W, 3]
+        ys, xs = np.nonzero(band)
+        base[ys, xs] = colours[xs]
+
+
+def read_plate(data_dir: Path, size: int) -> np.ndarray:
+    import cv2
+
+    path = DatasetPaths(Path(data_dir)).background
+    plate = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if plate is None or plate.shape[:2] != (size, size):
+        raise UserError(f"{path} is unreadable or not {size}x{size}")
+    return np.ascontiguousarray(plate[..., ::-1])
+
+
+def paste(rgba: torch.Tensor, base: np.ndarray, window) -> np.ndarray:
+    """Head RGBA [S, S, 4] (premultiplied, window resolution) over ``base`` [H, W, 3] uint8 -> uint8."""
+    side = window.side
+    x = rgba.permute(2, 0, 1)[None].float()
+    if x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    x = x[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()  # [side, side, 4]
+    out = base.copy()
+    crop = (slice(window.y0, window.y0 + side), slice(window.x0, window.x0 + side))
+    bg = out[crop].astype(np.float32) / 255
+    comp = x[..., :3] + (1 - x[..., 3:]) * bg
+    out[crop] = np.clip(np.round(comp * 255), 0, 255).astype(np.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The driven sequence (shared with eval)
+
+
+@dataclass(frozen=True)
+class Driven:
+    """A driven sequence ready to render."""
+
+    trajectory: np.ndarray  # [N] dataset frame index per output frame
+    blendshapes: torch.Tensor  # [N, 52]
+    audio_features: torch.Tensor | None  # [N, A]
+
+
+def drive(avatar, data, prior, audio16: np.ndarray, num: int, pose: str = "clip", still_frame: int = 0) -> Driven:
+    """Blendshapes and poses of ``num`` output frames driven by ``audio16`` (see module docstring)."""
+    traj = trajectory(data.train, num, pose, still_frame)
+    base = data.motion[traj].numpy()  # [N, 52] tracked blendshapes of the trajectory frames
+    bs = motion_from_audio(prior, audio16, num, base)
+    return Driven(traj, torch.from_numpy(bs), audio_features_for(avatar, audio16, num))
+
+
+@torch.no_grad()
+def render_heads(avatar, data, driven: Driven, params, device) -> Iterator[torch.Tensor]:
+    """Head RGBA of each driven frame at the window resolution: [S, S, 4] (premultiplied), on the CPU."""
+    for k, i in enumerate(driven.trajectory):
+        cond = conditioning(driven.blendshapes, driven.audio_features, k, params.audio_window, device)
+        yield avatar.render(cond, data.camera(int(i), device), params.backend).cpu()
+
+
+def render_frames(avatar, data, driven: Driven, bases: dict[int, FrameBase], params, device) -> Iterator[np.ndarray]:
+    """Full dataset-size frames ``[H, W, 3] uint8`` of a driven sequence."""
+    for i, rgba in zip(driven.trajectory, render_heads(avatar, data, driven, params, device)):
+        yield paste(rgba, bases[int(i)].image, data.window)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def run_render(config: RenderConfig) -> dict:
+    """Write config.output (see module docstring); returns a summary."""
+    from tqdm import tqdm
+
+    from avatar3d.avatar import Avatar
+    from avatar3d.fit import load_fit_data
+    from avatar3d.fsutil import atomic_path
+    from avatar3d.video import VideoWriter
+
+    t0 = time.time()
+    out = check_output(config.output)
+    info = open_run(config.run)
+    audio16, mux, mux_rate = load_driving_audio(config.audio)
+    size = info.manifest.size
+    background = read_background_image(config.background, size) if config.background is not None else None
+    device = device_for(config.device)
+
+    avatar = Avatar.load(info.run, device).eval()
+    data = load_fit_data(info.data, info.params)
+    prior, prior_path = load_run_prior(info.run, device)
+    num = num_output_frames(len(audio16))
+    driven = drive(avatar, data, prior, audio16, num, config.pose, config.still_frame)
+    bases = load_frame_bases(info.data, driven.trajectory, read_plate(info.data, size), background)
+
+    # the muxed audio lasts exactly num / 25 s (padded with silence or trimmed by < 20 ms)
+    need = int(round(num * mux_rate / FPS))
+    audio_out = np.zeros(need, np.float32)
+    audio_out[: min(need, len(mux))] = mux[:need]
+
+    bar = tqdm(total=num, disable=not config.progress, desc="render", unit="frame", dynamic_ncols=True)
+    with atomic_path(out) as tmp:
+        with VideoWriter(tmp, size, size, fps=FPS, crf=config.crf, audio=audio_out, audio_rate=mux_rate) as writer:
+            for frame in render_frames(avatar, data, driven, bases, info.params, device):
+                writer.write(frame)
+                bar.update(1)
+    bar.close()
+    seconds = time.time() - t0
+    summary = {
+        "output": str(out), "frames": num, "seconds_of_video": num / FPS, "audio_rate": mux_rate,
+        "size": size, "pose": config.pose, "prior": str(prior_path) if prior_path else "shipped",
+        "wall_seconds": round(seconds, 1),
+    }
+    print(
+        f"avatar3d render: {out}  {num} frames ({num / FPS:.2f} s) at {size}x{size}, audio {mux_rate} Hz AAC, "
+        f"pose {config.pose}, prior {'RUN/prior.pt' if prior_path else 'shipped'}, "
+        f"{seconds:.0f} s ({num / max(seconds, 1e-9):.1f} frames/s)"
+    )
+    return summary
