@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prior": ("avatar3d.prior", "PriorCommand", "run_prior"),
     "fit": ("avatar3d.fit", "FitConfig", "run_fit"),
     "synth": ("avatar3d.synth", "SynthConfig", "run_synth"),
+    "demo": ("avatar3d.demo", "DemoConfig", "run_demo"),
     "render": ("avatar3d.render", "RenderConfig", "run_render"),
     "eval": ("avatar3d.evaluate", "EvalConfig", "run_eval"),
 }
