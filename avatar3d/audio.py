@@ -232,9 +232,9 @@ def whisper_features(audio: np.ndarray, device: str = "cpu") -> np.ndarray:
 
     The audio is cut into 30 s windows (750 video frames); each is encoded on its own.
     """
+    model = _whisper_model(device)  # raises a UserError naming the extra when it is missing
     import ctranslate2
 
-    model = _whisper_model(device)
     n = num_frames_for(len(audio))
     out = np.zeros((n, 2, 384), np.float32)
     for start in range(0, n, WHISPER_CHUNK_FRAMES):

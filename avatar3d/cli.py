@@ -7,6 +7,7 @@ function taking that config. Stages register here by module path so that ``avata
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 from avatar3d.errors import UserError
@@ -27,6 +28,10 @@ def _load(name: str):
     module_name, config_name, run_name = COMMANDS[name]
     module = importlib.import_module(module_name)
     return getattr(module, config_name), getattr(module, run_name)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avatar3d {names[0] if names else ''}: error: {exc}", file=sys.stderr)
         return 2
     name, run = runners[type(config)]
+    # SIGTERM (kill, timeout) unwinds like Ctrl-C, so atomic writers remove their temp files.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         run(config)
     except UserError as exc:

@@ -60,3 +60,40 @@ def test_user_error_message_is_flattened():
 def test_config_validation_error_is_one_line(toy_commands, capsys):
     assert cli.main(["echo", "--word", ""]) == 2
     assert capsys.readouterr().err == "avatar3d echo: error: word must not be empty\n"
+
+
+def test_sigterm_unwinds_so_atomic_writes_clean_up(tmp_path):
+    """A killed command (SIGTERM) leaves neither its output nor its temp file behind."""
+    import subprocess
+    import textwrap
+    import time
+
+    script = textwrap.dedent(
+        f"""
+        import dataclasses, sys, time, types
+        from avatar3d import cli, fsutil
+
+        @dataclasses.dataclass(frozen=True)
+        class C:
+            x: int = 0
+
+        def run(config):
+            with fsutil.atomic_file(__import__("pathlib").Path({str(tmp_path / "out.txt")!r}), "w") as f:
+                f.write("partial")
+                print("writing", flush=True)
+                time.sleep(30)
+
+        mod = types.ModuleType("slow")
+        mod.C, mod.run = C, run
+        sys.modules["slow"] = mod
+        cli.COMMANDS = {{"slow": ("slow", "C", "run")}}
+        sys.exit(cli.main(["slow"]))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.terminate()
+    start = time.time()
+    assert proc.wait(timeout=20) == 130
+    assert time.time() - start < 20
+    assert list(tmp_path.iterdir()) == []
