@@ -32,7 +32,9 @@ import torch
 import tyro
 
 from avatar3d.dataset import DatasetPaths, Label
+from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
+from avatar3d.sync import pearson
 
 SILENCE_DB = -60.0  # speech-band envelope below this (dB) counts as a silent frame
 DETECT_CHUNK = 100  # frames handed to the tracker at a time (bounds memory for long audio)
@@ -61,12 +63,6 @@ class Openings:
     """Mouth opening over time (inner-lip gap / eye-corner distance), NaN where no face was found."""
 
     values: np.ndarray  # [N] float64
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    from avatar3d.sync import lagged_correlation
-
-    return lagged_correlation(a, b, max_lag=0).r_at_zero
 
 
 def _num(v) -> float | None:
@@ -126,8 +122,8 @@ def self_driven(avatar, data, data_dir: Path, params, prior, device) -> tuple[di
     audio_driven = openings_of(frames, up)
 
     out = {k: metrics[k] for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
-    out["mouth_opening_r_tracked_motion"] = _num(_pearson(tracked, true))
-    out["mouth_opening_r_audio_driven"] = _num(_pearson(audio_driven, true))
+    out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
+    out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
@@ -262,13 +258,13 @@ def run_eval(config: EvalConfig) -> dict:
     from avatar3d.avatar import Avatar
     from avatar3d.fit import load_fit_data
     from avatar3d.fsutil import write_json
-    from avatar3d.render import check_output, device_for, load_driving_audio, load_run_prior, open_run
+    from avatar3d.render import check_output, load_driving_audio, load_run_prior, open_run
 
     t0 = time.time()
     info = open_run(config.run)
     out = check_output(config.output if config.output is not None else info.run / "eval.json", ".json")
     audio16 = load_driving_audio(config.audio)[0] if config.audio is not None else None
-    device = device_for(config.device)
+    device = resolve_device(config.device)
 
     avatar = Avatar.load(info.run, device).eval()
     data = load_fit_data(info.data, info.params)

@@ -36,6 +36,7 @@ from avatar3d import fsutil
 from avatar3d.avatar import Avatar, AvatarSpec, Conditioning, composite, downsample
 from avatar3d.dataset import DatasetPaths, Label, blendshape_index, load_tracks, read_manifest
 from avatar3d.deform import MOUTH_CODE_NAMES, DeformConfig
+from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
 from avatar3d.gaussians import DensifyStrategy, Gaussians, StrategyConfig, make_optimizer
 from avatar3d.metrics import MOUTH_LANDMARKS, crop_to_ssim, detect_landmarks, lmd, psnr, ssim, ssim_map
@@ -663,14 +664,6 @@ def write_val_png(path: Path, data: FitData, preds: list[torch.Tensor], rows: in
 # The command
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    return torch.device(name)
-
-
 def finetune_identity_prior(data_dir: Path, out: Path, steps: int, device) -> str:
     """Fine-tune the shipped audio-to-motion prior on the dataset's train split and save it to
     ``out`` (RUN/prior.pt). Returns a one-word description for metrics.json. Skipped (the generic
@@ -694,7 +687,7 @@ def _save_checkpoint(work: Path, trainer: Trainer) -> None:
 
 def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Fit and write RUN (see module docstring). ``on_step(step)`` is called after each step."""
-    device = _device(config.device)
+    device = resolve_device(config.device)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     out = Path(config.output)

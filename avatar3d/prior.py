@@ -69,6 +69,7 @@ from avatar3d.dataset import (
 )
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
+from avatar3d.sync import pearson
 
 FORMAT = "avatar3d-prior"
 FORMAT_VERSION = 1
@@ -765,14 +766,6 @@ def finetune_prior(
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two ``[N]`` series (nan when either is constant)."""
-    a = np.asarray(a, np.float64) - np.mean(a)
-    b = np.asarray(b, np.float64) - np.mean(b)
-    den = math.sqrt(float((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
 def evaluate_clip(prior: AudioMotionPrior, clip: SpeakerClip) -> dict:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import tyro
 
 from avatar3d.dataset import FPS, AUDIO_RATE, SAMPLES_PER_FRAME, DatasetPaths, Label, Manifest, read_manifest
+from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
 
 MIN_AUDIO_SECONDS = 0.5
@@ -146,12 +147,6 @@ def read_background_image(path: Path, size: int) -> np.ndarray:
         raise UserError(f"cannot read background image {path}")
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(img[..., ::-1])
-
-
-def device_for(name: str) -> torch.device:
-    from avatar3d.fit import _device
-
-    return _device(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +369,7 @@ def run_render(config: RenderConfig) -> dict:
     audio16, mux, mux_rate = load_driving_audio(config.audio)
     size = info.manifest.size
     background = read_background_image(config.background, size) if config.background is not None else None
-    device = device_for(config.device)
+    device = resolve_device(config.device)
 
     avatar = Avatar.load(info.run, device).eval()
     data = load_fit_data(info.data, info.params)

@@ -62,7 +62,10 @@ class LagCorrelation:
     r_at_zero: float
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two [N] series over the frames where both are finite (nan when fewer than 3
+    such frames or either is constant)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     if len(a) < 3 or a.std() == 0 or b.std() == 0:
@@ -82,9 +85,9 @@ def lagged_correlation(signal: np.ndarray, reference: np.ndarray, max_lag: int =
     results = {}
     for lag in range(-max_lag, max_lag + 1):
         if lag >= 0:
-            results[lag] = _pearson(s[lag:], r[: n - lag])
+            results[lag] = pearson(s[lag:], r[: n - lag])
         else:
-            results[lag] = _pearson(s[: n + lag], r[-lag:])
+            results[lag] = pearson(s[: n + lag], r[-lag:])
     finite = {k: v for k, v in results.items() if np.isfinite(v)}
     if not finite:
         return LagCorrelation(float("nan"), 0, float("nan"))

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from avatar3d import audio as A  # noqa: E402
 from avatar3d import prior as P  # noqa: E402
+from avatar3d.sync import pearson  # noqa: E402
 from avatar3d.dataset import AUDIO_RATE  # noqa: E402
 from avatar3d.fsutil import write_json  # noqa: E402
 
@@ -67,7 +68,7 @@ def _fold(held: Path, datasets: list[Path], net: P.PriorNetConfig, hp: P.TrainHy
     clip = P.load_clip(held, max_offset=hp.max_offset)
     res = P.evaluate_clip(prior, clip)
     loud = P.speech_loudness(clip.features)  # [N] dB
-    res["loudness_baseline_jawOpen_r"] = P.pearson(loud[clip.valid], clip.motion[clip.valid, P.JAW_OPEN])
+    res["loudness_baseline_jawOpen_r"] = pearson(loud[clip.valid], clip.motion[clip.valid, P.JAW_OPEN])
     # what fit does: fine-tune on the held-out speaker's train split, score its val split
     val = P.load_clip(held, max_offset=hp.max_offset, split="val")
     val = P.SpeakerClip(val.name, val.features, val.motion, val.valid, val.rest, val.scale, clip.offset)
