@@ -19,7 +19,7 @@ import numpy as np
 from avatar3d.dataset import FPS, Label
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_path
-from avatar3d.video import _open
+from avatar3d.video import open_media
 
 MAX_LABEL = max(Label)
 
@@ -99,7 +99,7 @@ def iter_masks(path: Path) -> Iterator[np.ndarray]:
     import av
 
     path = Path(path)
-    with _open(path) as c:
+    with open_media(path) as c:
         if not c.streams.video:
             raise UserError(f"no mask stream in {path}")
         stream = c.streams.video[0]

@@ -34,7 +34,8 @@ class MediaInfo:
     audio_duration: float = 0.0  # seconds covered by the audio stream (0 if unknown)
 
 
-def _open(path: Path):
+def open_media(path: Path):
+    """Open a media file with PyAV; a UserError for a missing, empty or unreadable file."""
     import av
 
     path = Path(path)
@@ -68,7 +69,7 @@ def _stream_span(stream) -> tuple[float, float]:
 
 def probe(path: Path) -> MediaInfo:
     """Container-level facts about ``path``; raises UserError if it is not a readable media file."""
-    with _open(path) as c:
+    with open_media(path) as c:
         v = c.streams.video[0] if c.streams.video else None
         a = c.streams.audio[0] if c.streams.audio else None
         duration = float(c.duration / 1_000_000) if c.duration else 0.0
@@ -109,7 +110,7 @@ def iter_timed_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
     """Decode every video frame of ``path`` as ``(time in seconds, [H, W, 3] uint8 RGB)``."""
     import av
 
-    with _open(path) as c:
+    with open_media(path) as c:
         if not c.streams.video:
             raise UserError(f"no video stream in {path}")
         stream = c.streams.video[0]
@@ -135,7 +136,7 @@ def read_frames_at(path: Path, times: Iterable[float]) -> list[tuple[float, np.n
     import av
 
     out: list[tuple[float, np.ndarray]] = []
-    with _open(path) as c:
+    with open_media(path) as c:
         if not c.streams.video:
             raise UserError(f"no video stream in {path}")
         stream = c.streams.video[0]
@@ -172,7 +173,7 @@ def read_audio(path: Path, rate: int = 16_000) -> np.ndarray:
     """Decode the first audio stream of ``path``, downmixed to mono and resampled: ``[S] float32``."""
     import av
 
-    with _open(path) as c:
+    with open_media(path) as c:
         if not c.streams.audio:
             raise UserError(f"no audio track in {path}")
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
