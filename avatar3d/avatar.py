@@ -115,13 +115,23 @@ class Avatar(nn.Module):
         return attrs, d
 
     def render_full(
-        self, cond: Conditioning, camera: Camera, backend: Backend = "auto"
+        self, cond: Conditioning, camera: Camera, backend: Backend = "auto", mouth_share: bool = False
     ) -> tuple[RasterResult, Deformation]:
         """Render one frame, keeping the projected means (face Gaussians first, for densification)
-        and the face deformation (for its regulariser)."""
+        and the face deformation (for its regulariser).
+
+        With ``mouth_share`` the result's ``rgb`` has a 4th channel: the part of each pixel's alpha
+        that the mouth-branch Gaussians contribute (the face branch's part is ``alpha`` minus it),
+        rendered in the same pass as an extra colour channel. [H, W, 4]
+        """
         g, d = self.deformed(cond)
+        colors = g["colors"]
+        if mouth_share:
+            is_mouth = torch.zeros(colors.shape[0], 1, device=colors.device, dtype=colors.dtype)
+            is_mouth[len(self.face):] = 1.0
+            colors = torch.cat([colors, is_mouth], dim=-1)
         out = rasterize_full(
-            g["means"], g["quats"], g["scales"], g["opacities"], g["colors"],
+            g["means"], g["quats"], g["scales"], g["opacities"], colors,
             camera.K, camera.viewmat, camera.width, camera.height, backend=backend,
         )
         return out, d

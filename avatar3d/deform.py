@@ -94,6 +94,11 @@ class FaceDeformer(nn.Module):
         self.register_buffer("box_min", box_min.float().clone())
         self.register_buffer("box_max", box_max.float().clone())
         C = config.cond_dim
+        # per-channel standardisation of the motion code (set from the training frames by fit):
+        # blendshapes differ in range by 100x, and a mouth channel like jawOpen (0-0.3) would
+        # otherwise be drowned by the large, mostly irrelevant eye channels
+        self.register_buffer("motion_mean", torch.zeros(motion_dim))
+        self.register_buffer("motion_scale", torch.ones(motion_dim))
         self.motion_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
         self.audio_net = None
         if audio_shape is not None:
@@ -130,13 +135,20 @@ class FaceDeformer(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
+    @torch.no_grad()
+    def set_motion_stats(self, motion: torch.Tensor, min_scale: float = 0.02) -> None:
+        """Standardise the motion code with the mean and standard deviation (floored at
+        ``min_scale``) of ``motion`` [T, M], the training frames' blendshapes."""
+        self.motion_mean.copy_(motion.mean(0))
+        self.motion_scale.copy_(motion.std(0).clamp(min=min_scale))
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Canonical positions to [0, 1] in the head box. [N, 3] -> [N, 3]"""
         return ((x - self.box_min) / (self.box_max - self.box_min)).clamp(0.0, 1.0)
 
     def condition(self, motion: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
         """Conditioning features. motion [B, M], audio [B, W, A] or None -> [B, C]"""
-        c = self.motion_net(motion)
+        c = self.motion_net((motion - self.motion_mean) / self.motion_scale)
         if self.audio_net is not None:
             if audio is None:
                 raise ValueError("this avatar was fitted with audio features: conditioning.audio is required")

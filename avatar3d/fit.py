@@ -6,7 +6,10 @@ the dataset's resolution. Each step renders one training frame with its tracked 
 the camera and its tracked blendshapes as the motion code, composites the head over that frame's
 own torso/background (the background plate inside the head region), and takes the loss on the
 dilated head region (face + hair + mouth labels): ``(1 - w_ssim) * L1 + w_ssim * D-SSIM`` with
-extra weight on the inside of the mouth, plus a small alpha term.
+extra weight on the inside of the mouth, plus a small alpha term, a branch term
+(:func:`branch_loss`: teeth and tongue come from the mouth branch, lips and skin from the face
+branch) and a landmark guidance term (:func:`landmark_guidance`: the deformation field carries
+the canonical lip landmarks onto the frame's tracked ones).
 
 RUN is built in ``.RUN.partial`` beside it (checkpoints land there, atomically) and renamed at
 the end; ``--resume`` continues a killed fit from its last checkpoint. A finished RUN holds::
@@ -86,6 +89,15 @@ class FitParams:
     """Weight of the alpha term: head alpha should be 1 on the head mask and 0 off it."""
     w_deform: float = 1e-3
     """Weight of the penalty on the size of the face deformation (keeps the canonical head useful)."""
+    w_branches: float = 0.2
+    """Weight of the branch decomposition: inside the mouth mask the face branch's share of alpha
+    should be 0, outside it (in the head region) the mouth branch's share should be 0, so teeth
+    and tongue are drawn by the mouth branch and lips and skin by the face branch."""
+    w_landmarks: float = 1.0
+    """Weight of the lip-landmark guidance: the face deformation field, evaluated at the canonical
+    lip landmarks, must carry them onto the frame's tracked 2D ones (Charbonnier distance as a
+    fraction of the window side). It tells the lips where to go, so they close over the inside
+    of the mouth when the tracker says the mouth is shut."""
     dilate_px: int = 5
     """Dilation of the head mask for the loss region, in pixels of the fitted image."""
     audio_features: str = ""
@@ -449,6 +461,7 @@ def init_avatar(data: FitData, params: FitParams, generator: torch.Generator) ->
     )
     avatar = Avatar(spec, face, mouth)
     avatar.face_deform.reset_parameters(generator)
+    avatar.face_deform.set_motion_stats(data.motion[torch.from_numpy(data.train)])
     return avatar
 
 
@@ -488,6 +501,45 @@ def fit_loss(pred: torch.Tensor, alpha: torch.Tensor, target: Target, params: Fi
     dssim = ((1 - ssim_map(pred, target.image)) * wc).sum() / wc.sum().clamp(min=1)
     a = ((alpha[..., 0] - target.head) ** 2 * target.region).sum() / target.region.sum().clamp(min=1)
     return (1 - params.w_ssim) * l1 + params.w_ssim * dssim + params.w_alpha * a
+
+
+BRANCH_BAND_PX = 2  # band around the mouth mask's edge left to either branch (the lips' inner rim)
+
+
+def branch_loss(face_alpha: torch.Tensor, mouth_alpha: torch.Tensor, target: Target) -> torch.Tensor:
+    """Face/mouth decomposition: the face branch's alpha share deep inside the mouth mask and the
+    mouth branch's share in the head region away from it, mean squared over each region (scalar);
+    a band of ``BRANCH_BAND_PX`` around the (soft, resampled) mask's edge is left free.
+    face_alpha, mouth_alpha: [S, S, 1]."""
+    k = 2 * BRANCH_BAND_PX + 1
+    near = F.max_pool2d(target.mouth[None, None], k, stride=1, padding=BRANCH_BAND_PX)[0, 0]
+    deep = -F.max_pool2d(-target.mouth[None, None], k, stride=1, padding=BRANCH_BAND_PX)[0, 0]
+    inside = (deep > 0.9).float()
+    outside = target.region * (near < 0.01).float()
+    face_in = (face_alpha[..., 0] ** 2 * inside).sum() / inside.sum().clamp(min=1)
+    mouth_out = (mouth_alpha[..., 0] ** 2 * outside).sum() / outside.sum().clamp(min=1)
+    return face_in + mouth_out
+
+
+def landmark_guidance(avatar: Avatar, data: FitData, i: int, cond: Conditioning, device) -> torch.Tensor:
+    """Distance between the canonical lip landmarks (``MOUTH_LANDMARKS``) moved by the face
+    deformation field and frame i's tracked ones, projected with frame i's camera: mean
+    Charbonnier distance as a fraction of the window side (scalar).
+
+    Only the deformation field is supervised (the landmarks are points in its domain, not
+    Gaussians), so densify/prune never disturbs it; Gaussians near a landmark move with it.
+    """
+    idx = list(MOUTH_LANDMARKS)
+    canonical = data.canonical[idx].to(device)  # [L, 3]
+    d = avatar.face_deform(canonical, cond.motion, cond.audio)
+    moved = canonical + d.d_means[0]
+    cam = moved @ data.R[i].to(device).T + data.t[i].to(device)
+    uv = cam @ data.K.to(device).T
+    uv = uv[:, :2] / uv[:, 2:].clamp(min=1e-6)  # [L, 2] window pixels
+    tracked = torch.from_numpy(data.landmarks[i][idx]).to(device)  # [L, 2]
+    ok = torch.isfinite(tracked).all(-1)
+    err = (uv[ok] - tracked[ok]) / data.window.size
+    return torch.sqrt((err**2).sum(-1) + 1e-6).mean() if bool(ok.any()) else uv.sum() * 0
 
 
 @dataclass
@@ -561,12 +613,17 @@ class Trainer:
         i = int(data.train[torch.randint(len(data.train), (1,), generator=self.generator)])
         target = make_target(data, i, params.dilate_px, device)
         cond = data.conditioning(i, params.audio_window, device)
-        out, d = self.avatar.render_full(cond, data.camera(i, device), params.backend)
+        out, d = self.avatar.render_full(cond, data.camera(i, device), params.backend, mouth_share=True)
         DensifyStrategy.retain(out.means2d)
-        pred = composite(torch.cat([out.rgb, out.alpha], -1), target.background)
+        rgb, mouth_alpha = out.rgb[..., :3], out.rgb[..., 3:]
+        pred = composite(torch.cat([rgb, out.alpha], -1), target.background)
         loss = fit_loss(pred, out.alpha, target, params)
+        if params.w_branches:
+            loss = loss + params.w_branches * branch_loss(out.alpha - mouth_alpha, mouth_alpha, target)
         if params.w_deform:
             loss = loss + params.w_deform * (d.d_means**2).sum(-1).mean()
+        if params.w_landmarks:
+            loss = loss + params.w_landmarks * landmark_guidance(self.avatar, data, i, cond, device)
         for opt in (self.opt_face, self.opt_mouth, self.opt_net):
             opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -77,7 +77,7 @@ class Camera:
 class RasterResult:
     """One rendered view. ``rgb`` is premultiplied by alpha (composite as ``rgb + (1 - alpha) * bg``)."""
 
-    rgb: torch.Tensor  # [H, W, 3]
+    rgb: torch.Tensor  # [H, W, D] (D = the colour channels given, usually 3)
     alpha: torch.Tensor  # [H, W, 1]
     means2d: torch.Tensor  # [N, 2] (dense) or [1, N, 2] (gsplat): projected centres in the graph
     radii: torch.Tensor  # [N] int, 0 for culled Gaussians

@@ -28,7 +28,10 @@ from avatar3d.fit import (
     FitConfig,
     FitParams,
     evaluate,
+    Target,
+    branch_loss,
     init_avatar,
+    landmark_guidance,
     load_fit_data,
     params_from_json,
     resolve_preset,
@@ -215,6 +218,62 @@ def test_fit_learns_the_synthetic_head(synthetic, tmp_path):
         b = avatar.render(Conditioning(opened), cam)
     assert a.shape == (48, 48, 4)
     assert (a - b).abs().max() > 0.2
+
+
+def test_branch_loss_wants_teeth_from_the_mouth_branch_and_skin_from_the_face_branch():
+    S = 24
+    mouth = torch.zeros(S, S)
+    mouth[8:16, 6:18] = 1.0
+    target = Target(image=torch.zeros(S, S, 3), background=torch.zeros(S, S, 3), head=torch.ones(S, S),
+                    mouth=mouth, region=torch.ones(S, S))
+    decomposed = branch_loss((1 - mouth)[..., None], mouth[..., None], target)
+    assert float(decomposed) == 0.0
+    face_everywhere = branch_loss(torch.ones(S, S, 1), torch.zeros(S, S, 1), target)
+    mouth_everywhere = branch_loss(torch.zeros(S, S, 1), torch.ones(S, S, 1), target)
+    assert float(face_everywhere) == pytest.approx(1.0) and float(mouth_everywhere) == pytest.approx(1.0)
+    # the lips' inner rim (a band around the mask's edge) may be drawn by either branch
+    rim = torch.zeros(S, S)
+    rim[7:9, 6:18] = 1.0
+    assert float(branch_loss(rim[..., None], rim[..., None], target)) == 0.0
+
+
+def test_landmark_guidance_teaches_the_field_where_the_lips_go(synthetic):
+    """Optimising the guidance alone moves the field's lip landmarks onto the tracked ones: the
+    lower lip drops with jawOpen, by about as much as the tracker saw."""
+    params = _params()
+    data = load_fit_data(synthetic, params)
+    torch.manual_seed(0)
+    avatar = init_avatar(data, params, torch.Generator().manual_seed(0))
+    inner_upper, inner_lower = 13, 14  # inner-lip midpoints (MOUTH_LANDMARKS)
+
+    def guidance(i: int) -> torch.Tensor:
+        return landmark_guidance(avatar, data, i, data.conditioning(i, params.audio_window, "cpu"), "cpu")
+
+    def moved_gap(i: int) -> float:
+        with torch.no_grad():
+            cond = data.conditioning(i, params.audio_window, "cpu")
+            d = avatar.face_deform(data.canonical, cond.motion, cond.audio)
+            pc = (data.canonical + d.d_means[0]) @ data.R[i].T + data.t[i]
+            uv = pc @ data.K.T
+            uv = uv[:, :2] / uv[:, 2:]
+        return float((uv[inner_lower] - uv[inner_upper]).norm())
+
+    train = [int(i) for i in data.train]
+    jaw = data.motion[train, blendshape_index("jawOpen")]
+    shut, wide = train[int(jaw.argmin())], train[int(jaw.argmax())]
+    tracked_gap = {i: float(np.linalg.norm(data.landmarks[i][inner_lower] - data.landmarks[i][inner_upper])) for i in (shut, wide)}
+    assert tracked_gap[wide] - tracked_gap[shut] > 3.0  # the synthetic jaw opens by several pixels
+    before = float(torch.stack([guidance(i) for i in train]).mean())
+    assert abs(moved_gap(wide) - moved_gap(shut)) < 0.5  # untrained field: no deformation yet
+    opt = torch.optim.Adam(avatar.face_deform.parameters(), lr=1e-2)
+    for step in range(300):
+        opt.zero_grad()
+        guidance(train[step % len(train)]).backward()
+        opt.step()
+    after = float(torch.stack([guidance(i) for i in train]).mean())
+    assert after < 0.4 * before, (before, after)
+    opened = moved_gap(wide) - moved_gap(shut)
+    assert opened == pytest.approx(tracked_gap[wide] - tracked_gap[shut], rel=0.35), (opened, tracked_gap)
 
 
 def test_fit_with_audio_features_learns(synthetic, tmp_path):
