@@ -93,6 +93,12 @@ class FitParams:
     """Weight of the branch decomposition: inside the mouth mask the face branch's share of alpha
     should be 0, outside it (in the head region) the mouth branch's share should be 0, so teeth
     and tongue are drawn by the mouth branch and lips and skin by the face branch."""
+    swap_other_channels: float = 0.5
+    """Probability per step that the blendshapes the audio prior does not drive (eyes, brows,
+    nose: all but ``avatar3d.prior.MOTION_NAMES``) come from another random training frame. At
+    render time they do (the pose trajectory's frames), so the field must not learn to read the
+    mouth's shape from them (on Obama it did: shut-mouth codes with an open frame's eye/brow
+    channels rendered a mouth opening of 0.054 instead of 0.020)."""
     w_landmarks: float = 1.0
     """Weight of the lip-landmark guidance: the face deformation field, evaluated at the canonical
     lip landmarks, must carry them onto the frame's tracked 2D ones (Charbonnier distance as a
@@ -503,6 +509,16 @@ def fit_loss(pred: torch.Tensor, alpha: torch.Tensor, target: Target, params: Fi
     return (1 - params.w_ssim) * l1 + params.w_ssim * dssim + params.w_alpha * a
 
 
+def swap_other_channels(cond: Conditioning, other: torch.Tensor) -> Conditioning:
+    """``cond`` with the blendshapes outside the prior's motion code (``MOTION_NAMES``) taken from
+    ``other`` [52] (another frame's blendshapes)."""
+    from avatar3d.prior import MOTION_NAMES
+
+    keep = torch.zeros(cond.motion.shape[-1], dtype=torch.bool, device=cond.motion.device)
+    keep[[blendshape_index(n) for n in MOTION_NAMES]] = True
+    return Conditioning(torch.where(keep, cond.motion, other), cond.audio)
+
+
 BRANCH_BAND_PX = 2  # band around the mouth mask's edge left to either branch (the lips' inner rim)
 
 
@@ -613,6 +629,9 @@ class Trainer:
         i = int(data.train[torch.randint(len(data.train), (1,), generator=self.generator)])
         target = make_target(data, i, params.dilate_px, device)
         cond = data.conditioning(i, params.audio_window, device)
+        if params.swap_other_channels and float(torch.rand((), generator=self.generator)) < params.swap_other_channels:
+            j = int(data.train[torch.randint(len(data.train), (1,), generator=self.generator)])
+            cond = swap_other_channels(cond, data.motion[j].to(device))
         out, d = self.avatar.render_full(cond, data.camera(i, device), params.backend, mouth_share=True)
         DensifyStrategy.retain(out.means2d)
         rgb, mouth_alpha = out.rgb[..., :3], out.rgb[..., 3:]

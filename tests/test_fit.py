@@ -32,6 +32,7 @@ from avatar3d.fit import (
     branch_loss,
     init_avatar,
     landmark_guidance,
+    swap_other_channels,
     load_fit_data,
     params_from_json,
     resolve_preset,
@@ -129,7 +130,8 @@ def make_synthetic_dataset(root: Path, frames: int = FRAMES, size: int = SIZE) -
         lm[[i for i in inner + outer if canonical[i, 1] > mouth_c[1]], 1] += open_
         pc = lm @ R.T + tv
         uv = pc @ K.T
-        lms.append(torch.cat([uv[:, :2] / uv[:, 2:], torch.zeros(478, 1)], 1).numpy())
+        depth_px = (pc[:, 2:] - pc[:, 2].mean()) * K[0, 0] / pc[:, 2].mean()  # relative z on the x scale (mediapipe)
+        lms.append(torch.cat([uv[:, :2] / uv[:, 2:], depth_px], 1).numpy())
         Rs.append(R.numpy())
         ts.append(tv.numpy())
 
@@ -235,6 +237,18 @@ def test_branch_loss_wants_teeth_from_the_mouth_branch_and_skin_from_the_face_br
     rim = torch.zeros(S, S)
     rim[7:9, 6:18] = 1.0
     assert float(branch_loss(rim[..., None], rim[..., None], target)) == 0.0
+
+
+def test_swap_other_channels_keeps_the_prior_driven_ones():
+    from avatar3d.prior import MOTION_NAMES
+
+    cond = Conditioning(torch.zeros(1, len(BLENDSHAPE_NAMES)), torch.ones(1, 4, 3))
+    swapped = swap_other_channels(cond, torch.ones(len(BLENDSHAPE_NAMES)))
+    driven = [blendshape_index(n) for n in MOTION_NAMES]
+    others = [k for k in range(len(BLENDSHAPE_NAMES)) if k not in driven]
+    assert float(swapped.motion[0, driven].abs().max()) == 0.0  # the mouth code stays this frame's
+    assert float(swapped.motion[0, others].min()) == 1.0 and len(others) == len(BLENDSHAPE_NAMES) - len(MOTION_NAMES)
+    assert swapped.audio is cond.audio
 
 
 def test_landmark_guidance_teaches_the_field_where_the_lips_go(synthetic):

@@ -184,7 +184,26 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     # its flicker is the real one's within the issue's bound
     assert real["torso_flicker"] > 0 and 0.5 < c["torso_flicker_vs_real"] <= 1.5, (c, real)
     assert result["prior"] == str(run_dir / "prior.pt")  # the identity's fine-tuned prior
+    # the silence bound re-measured on training frames shown at the avatar's resolution
+    assert real["train_frames_fit_resolution"] > 0 and real["train_opening_p10_fit_resolution"] is not None
     png = cv2.imread(str(out.with_suffix(".png")))
     assert png is not None and png.shape[0] > 300 and png.shape[1] > 600
     rc, err = _cli(["eval", tmp_path / "nope", "--device", "cpu"], capsys)
     assert rc == 2 and "run not found" in err
+
+
+def test_speech_sync_leaves_digital_silence_out():
+    """A stretch of -100 dB digital silence must not decide the sync correlation: over speech the
+    mouth follows the envelope; in the silence it happens to be half open."""
+    from avatar3d.evaluate import SILENCE_DB, speech_sync
+
+    rng = np.random.default_rng(0)
+    env = rng.normal(-20, 6, 200)
+    opening = 0.05 + 0.004 * (env + 20) + rng.normal(0, 0.01, 200)
+    env[80:130] = -100.0
+    opening[80:130] = 0.1
+    from avatar3d.sync import lagged_correlation
+
+    assert lagged_correlation(opening, env, max_lag=0).best_r < 0  # the silence dominates
+    lc = speech_sync(opening, env, max_lag=2)
+    assert lc.best_r > 0.8 and lc.best_lag == 0 and SILENCE_DB > -100
