@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from avatar3d.dataset import blendshape_index
+from avatar3d.dataset import BLENDSHAPE_NAMES, blendshape_index
 
 # Blendshapes that drive the inside of the mouth (jaw opening first).
 MOUTH_CODE_NAMES: tuple[str, ...] = (
@@ -28,6 +28,7 @@ MOUTH_CODE_NAMES: tuple[str, ...] = (
 )
 
 
+LOWER_FACE_SOFT_CM = 0.5  # width of the blend between lower and upper face (see FaceDeformer.upper_face)
 POS_FREQS = 3  # low-frequency sin/cos of the position beside the hash grid (smooth, immediate)
 
 
@@ -100,6 +101,19 @@ class FaceDeformer(nn.Module):
         self.register_buffer("motion_mean", torch.zeros(motion_dim))
         self.register_buffer("motion_scale", torch.ones(motion_dim))
         self.motion_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
+        # The channels the audio prior drives (jaw, lips, cheeks) and the rest (eyes, brows, nose)
+        # are encoded apart, and the rest reach only the face above ``lower_face_y`` (canonical
+        # y grows towards the chin; fit sets it at the base of the nose): at render time the two
+        # come from different frames (prior vs pose trajectory), so the lips must not read their
+        # shape from the eye/brow channels.
+        from avatar3d.prior import MOTION_NAMES
+
+        speech = torch.zeros(motion_dim, dtype=torch.bool)
+        if motion_dim == len(BLENDSHAPE_NAMES):
+            speech[[blendshape_index(n) for n in MOTION_NAMES]] = True
+        self.register_buffer("speech_channels", speech)
+        self.register_buffer("lower_face_y", torch.tensor(float("inf")))
+        self.other_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
         self.audio_net = None
         if audio_shape is not None:
             W, A = audio_shape
@@ -142,29 +156,43 @@ class FaceDeformer(nn.Module):
         self.motion_mean.copy_(motion.mean(0))
         self.motion_scale.copy_(motion.std(0).clamp(min=min_scale))
 
+    @torch.no_grad()
+    def set_lower_face(self, y: float) -> None:
+        """Canonical y (cm, growing towards the chin) below which only the speech channels act."""
+        self.lower_face_y.fill_(float(y))
+
+    def upper_face(self, means: torch.Tensor) -> torch.Tensor:
+        """How much each canonical position [N, 3] belongs to the upper face, in [0, 1]. [N]"""
+        return torch.sigmoid((self.lower_face_y - means[:, 1]) / LOWER_FACE_SOFT_CM)
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Canonical positions to [0, 1] in the head box. [N, 3] -> [N, 3]"""
         return ((x - self.box_min) / (self.box_max - self.box_min)).clamp(0.0, 1.0)
 
-    def condition(self, motion: torch.Tensor, audio: torch.Tensor | None) -> torch.Tensor:
-        """Conditioning features. motion [B, M], audio [B, W, A] or None -> [B, C]"""
-        c = self.motion_net((motion - self.motion_mean) / self.motion_scale)
+    def condition(self, motion: torch.Tensor, audio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning features of the speech channels (plus audio) and of the other channels.
+        motion [B, M], audio [B, W, A] or None -> ([B, C], [B, C])"""
+        z = (motion - self.motion_mean) / self.motion_scale
+        speech = self.speech_channels.to(z.dtype)
+        c = self.motion_net(z * speech)
+        other = self.other_net(z * (1 - speech))
         if self.audio_net is not None:
             if audio is None:
                 raise ValueError("this avatar was fitted with audio features: conditioning.audio is required")
             h = self.audio_net(audio)  # [B, W, H]
             w = torch.softmax(self.audio_time_attn(h), dim=1)  # [B, W, 1]
             c = c + self.audio_out((w * h).sum(1))
-        return c
+        return c, other
 
     def forward(self, means: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor | None) -> Deformation:
         """means [N, 3] canonical (not differentiated through), motion [B, M], audio [B, W, A]."""
         x = self.normalise(means.detach())  # [N, 3]
         enc = torch.cat([self.grid(x), positional_encoding(x)], dim=-1)  # [N, E]
         attn = torch.sigmoid(self.attention(enc))  # [N, C] region attention
-        cond = self.condition(motion, audio)  # [B, C]
-        B, N = cond.shape[0], enc.shape[0]
-        gated = attn[None] * cond[:, None, :]  # [B, N, C]
+        speech, other = self.condition(motion, audio)  # [B, C] each
+        upper = self.upper_face(means.detach())  # [N]
+        B, N = speech.shape[0], enc.shape[0]
+        gated = attn[None] * (speech[:, None, :] + upper[None, :, None] * other[:, None, :])  # [B, N, C]
         out = self.mlp(torch.cat([enc[None].expand(B, N, -1), gated], dim=-1))  # [B, N, 10]
         return Deformation(out[..., :3], out[..., 3:7], out[..., 7:10])
 

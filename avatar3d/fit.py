@@ -50,6 +50,7 @@ CONFIG_FILE = "config.json"
 PRIOR_FILE = "prior.pt"  # the identity's fine-tuned audio-to-motion prior
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 INNER_LIPS = MOUTH_LANDMARKS[20:]
+SUBNASALE = 2  # mediapipe face-mesh landmark at the base of the nose: where the lower face begins
 
 
 @dataclass(frozen=True)
@@ -468,6 +469,7 @@ def init_avatar(data: FitData, params: FitParams, generator: torch.Generator) ->
     avatar = Avatar(spec, face, mouth)
     avatar.face_deform.reset_parameters(generator)
     avatar.face_deform.set_motion_stats(data.motion[torch.from_numpy(data.train)])
+    avatar.face_deform.set_lower_face(float(data.canonical[SUBNASALE, 1]))
     return avatar
 
 

@@ -1,0 +1,48 @@
+"""The face deformation field's conditioning: which blendshapes may move which part of the face."""
+from __future__ import annotations
+
+import torch
+
+from avatar3d.dataset import BLENDSHAPE_NAMES, blendshape_index
+from avatar3d.deform import DeformConfig, FaceDeformer
+from avatar3d.prior import MOTION_NAMES
+
+
+def _field() -> FaceDeformer:
+    config = DeformConfig(num_levels=2, log2_table_size=8, max_resolution=32, hidden=16, cond_dim=8)
+    field = FaceDeformer(config, len(BLENDSHAPE_NAMES), None, torch.full((3,), -10.0), torch.full((3,), 10.0))
+    g = torch.Generator().manual_seed(0)
+    field.reset_parameters(g)
+    with torch.no_grad():  # a field that has learned something: the last layer is no longer zero
+        field.mlp[-1].weight.normal_(0, 0.5, generator=g)
+        field.motion_scale.fill_(0.05)  # blendshapes vary by ~0.05: standardised inputs of order 1
+    field.set_lower_face(0.0)
+    return field
+
+
+def test_eye_and_brow_channels_do_not_reach_the_lower_face():
+    """At render time the prior drives the speech channels and the pose trajectory the others,
+    from different frames: the lips must not depend on the eyes."""
+    field = _field()
+    points = torch.tensor([[0.0, -5.0, 0.0], [0.0, 5.0, 0.0]])  # above / below the base of the nose (y down)
+    a = torch.zeros(1, len(BLENDSHAPE_NAMES))
+    b = a.clone()
+    b[0, blendshape_index("eyeBlinkLeft")] = 1.0
+    b[0, blendshape_index("browInnerUp")] = 1.0
+    with torch.no_grad():
+        da, db = field(points, a, None), field(points, b, None)
+    upper_change = (da.d_means[0, 0] - db.d_means[0, 0]).abs().max()
+    lower_change = (da.d_means[0, 1] - db.d_means[0, 1]).abs().max()
+    assert upper_change > 1e-2 and lower_change < 1e-3 * float(upper_change), (upper_change, lower_change)
+
+
+def test_speech_channels_move_the_lower_face():
+    field = _field()
+    points = torch.tensor([[0.0, 5.0, 0.0]])
+    a = torch.zeros(1, len(BLENDSHAPE_NAMES))
+    b = a.clone()
+    b[0, blendshape_index("jawOpen")] = 1.0
+    assert "jawOpen" in MOTION_NAMES
+    with torch.no_grad():
+        change = (field(points, a, None).d_means - field(points, b, None).d_means).abs().max()
+    assert change > 1e-2
