@@ -277,14 +277,14 @@ def test_landmark_guidance_teaches_the_field_where_the_lips_go(synthetic):
     shut, wide = train[int(jaw.argmin())], train[int(jaw.argmax())]
     tracked_gap = {i: float(np.linalg.norm(data.landmarks[i][inner_lower] - data.landmarks[i][inner_upper])) for i in (shut, wide)}
     assert tracked_gap[wide] - tracked_gap[shut] > 3.0  # the synthetic jaw opens by several pixels
-    before = float(torch.stack([guidance(i) for i in train]).mean())
+    before = float(torch.stack([guidance(i).detach() for i in train]).mean())
     assert abs(moved_gap(wide) - moved_gap(shut)) < 0.5  # untrained field: no deformation yet
     opt = torch.optim.Adam(avatar.face_deform.parameters(), lr=1e-2)
     for step in range(300):
         opt.zero_grad()
         guidance(train[step % len(train)]).backward()
         opt.step()
-    after = float(torch.stack([guidance(i) for i in train]).mean())
+    after = float(torch.stack([guidance(i).detach() for i in train]).mean())
     assert after < 0.4 * before, (before, after)
     opened = moved_gap(wide) - moved_gap(shut)
     assert opened == pytest.approx(tracked_gap[wide] - tracked_gap[shut], rel=0.35), (opened, tracked_gap)
