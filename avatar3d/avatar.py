@@ -172,7 +172,14 @@ class Avatar(nn.Module):
             state = torch.load(weights, map_location=device, weights_only=True)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise UserError(f"corrupt avatar in {run_dir}: {exc}") from None
-        return Avatar.from_state(spec, state).to(device)
+        try:
+            return Avatar.from_state(spec, state).to(device)
+        except RuntimeError as exc:  # load_state_dict: keys or shapes of another avatar3d version
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"the avatar in {run_dir} does not fit this version of avatar3d ({first[:120]}): "
+                "run `avatar3d fit` again"
+            ) from None
 
     def num_gaussians(self) -> tuple[int, int]:
         return len(self.face), len(self.mouth)

@@ -346,3 +346,14 @@ def test_presets_and_their_json_files_agree():
 def test_bad_dataset_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="dataset not found"):
         run_fit(FitConfig(tmp_path / "nope", tmp_path / "run", preset="tiny", device="cpu", progress=False, threads=1))
+
+
+def test_an_avatar_from_another_version_is_a_user_error(synthetic, tmp_path):
+    params = _params()
+    avatar = init_avatar(load_fit_data(synthetic, params), params, torch.Generator().manual_seed(0))
+    avatar.save(tmp_path)
+    state = torch.load(tmp_path / "avatar.pt", weights_only=True)
+    del state["face_deform.speech_channels"]  # as saved by an avatar3d before the split encoders
+    torch.save(state, tmp_path / "avatar.pt")
+    with pytest.raises(UserError, match="does not fit this version of avatar3d.*avatar3d fit"):
+        Avatar.load(tmp_path)
