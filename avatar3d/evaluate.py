@@ -19,7 +19,8 @@ Cross-driven (``--audio``):
     reads a blurred shut mouth as slightly open, ~0.02 instead of ~0.006 at 128² on the Obama
     clip, so that is the fair bound for a low-resolution avatar); and neck/torso
     flicker (:func:`avatar3d.sync.flicker` inside the TORSO label) of the rendered frames against
-    the real video's.
+    the real video's. ``silent_settled_*`` leave out the last silent frames before speech resumes,
+    whose look-ahead (the prior's) already hears it.
 
 Writes ``-o`` (default RUN/eval.json) and a PNG of mouth opening over time beside it (same name,
 ``.png``), both atomically.
@@ -233,6 +234,12 @@ def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag
     env = speech_envelope(audio16)[:num]
     lc = speech_sync(opening, env, max_lag)
     silent = env < SILENCE_DB
+    # settled: silent frames whose look-ahead is silent too (the prior hears speech coming
+    # ``lookahead`` frames early, so the last silent frames may start opening, as a speaker's do)
+    ahead = int(getattr(prior, "lookahead", 0))
+    settled = silent.copy()
+    for k in range(1, ahead + 1):
+        settled[:-k] &= silent[k:]  # past the end the prior hears silence (padding)
     out = {
         "frames": num, "rendered_frames_with_face": int(np.isfinite(opening).sum()),
         "sync_r": _num(lc.best_r), "sync_lag": lc.best_lag, "sync_r_at_zero": _num(lc.r_at_zero),
@@ -240,6 +247,8 @@ def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag
         "silent_frames": int(silent.sum()),
         "silent_opening_median": _nanstat(np.median, opening[silent]),
         "silent_opening_max": _nanstat(np.max, opening[silent]),
+        "silent_settled_frames": int(settled.sum()),
+        "silent_settled_opening_max": _nanstat(np.max, opening[settled]),
     }
     return out, {"cross_opening": opening, "cross_envelope": env}
 
