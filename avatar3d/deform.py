@@ -106,11 +106,11 @@ class FaceDeformer(nn.Module):
         # y grows towards the chin; fit sets it at the base of the nose): at render time the two
         # come from different frames (prior vs pose trajectory), so the lips must not read their
         # shape from the eye/brow channels.
-        from avatar3d.prior import MOTION_NAMES
+        from avatar3d.prior import MOTION_INDEX
 
         speech = torch.zeros(motion_dim, dtype=torch.bool)
         if motion_dim == len(BLENDSHAPE_NAMES):
-            speech[[blendshape_index(n) for n in MOTION_NAMES]] = True
+            speech[list(MOTION_INDEX)] = True
         self.register_buffer("speech_channels", speech)
         self.register_buffer("lower_face_y", torch.tensor(float("inf")))
         self.other_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))

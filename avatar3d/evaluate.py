@@ -101,6 +101,27 @@ def openings_of(frames: list[np.ndarray], upscale: int = 1) -> np.ndarray:
     return mouth_opening(detect_landmarks(frames, upscale=upscale))
 
 
+class StreamedOpenings:
+    """Mouth openings of a stream of frames, tracked DETECT_CHUNK frames at a time (bounds memory)."""
+
+    def __init__(self):
+        self._chunk: list[np.ndarray] = []
+        self._done: list[np.ndarray] = []
+
+    def add(self, frame: np.ndarray) -> None:
+        self._chunk.append(frame)
+        if len(self._chunk) == DETECT_CHUNK:
+            self._done.append(openings_of(self._chunk))
+            self._chunk = []
+
+    def values(self) -> np.ndarray:
+        """[N] openings of every frame added so far (NaN = no face)."""
+        if self._chunk:
+            self._done.append(openings_of(self._chunk))
+            self._chunk = []
+        return np.concatenate(self._done) if self._done else np.zeros(0)
+
+
 def _window_upscale(size: int) -> int:
     return max(1, math.ceil(384 / size))  # as fit.evaluate: the tracker wants faces of ~100+ px
 
@@ -180,7 +201,7 @@ def real_reference(info, data, max_lag: int) -> tuple[dict, dict[str, np.ndarray
     lc = speech_sync(opening, env, max_lag)
     # training frames as the avatar shows them: the head window at the fit resolution, pasted back
     sampled = set(np.asarray(data.train)[:: max(1, len(data.train) // MATCHED_TRAIN_FRAMES)].tolist())
-    matched: list[np.ndarray] = []
+    matched = StreamedOpenings()
     acc = [0.0, 0]
     prev = prev_m = None
     for i, (frame, labels) in enumerate(zip(iter_frames(paths.frames), iter_masks(paths.masks))):
@@ -189,16 +210,16 @@ def real_reference(info, data, max_lag: int) -> tuple[dict, dict[str, np.ndarray
         prev, prev_m = frame, m
         if i in sampled:
             window_rgba = torch.cat([data.images[i].float() / 255, torch.ones(*data.images[i].shape[:2], 1)], -1)
-            matched.append(paste(window_rgba, frame, data.window))
+            matched.add(paste(window_rgba, frame, data.window))
     train_open = opening[np.asarray(data.train)]
-    matched_open = np.concatenate([openings_of(matched[k : k + DETECT_CHUNK]) for k in range(0, len(matched), DETECT_CHUNK)])
+    matched_open = matched.values()
     out = {
         "sync_r": _num(lc.best_r), "sync_lag": lc.best_lag, "sync_r_at_zero": _num(lc.r_at_zero),
         "torso_flicker": _num(acc[0] / acc[1]) if acc[1] else None,
         "train_opening_p10": _nanstat(np.percentile, train_open, 10),
         "train_opening_median": _nanstat(np.median, train_open),
         "train_opening_p10_fit_resolution": _nanstat(np.percentile, matched_open, 10),
-        "train_frames_fit_resolution": len(matched),
+        "train_frames_fit_resolution": len(matched_open),
     }
     return out, {"real_opening": opening, "real_envelope": env}
 
@@ -213,8 +234,7 @@ def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag
     num = num_output_frames(len(audio16))
     driven = drive(avatar, data, prior, audio16, num, "clip")
     bases = load_frame_bases(info.data, driven.trajectory, read_plate(info.data, info.manifest.size))
-    openings: list[np.ndarray] = []
-    chunk: list[np.ndarray] = []
+    openings = StreamedOpenings()
     acc = [0.0, 0]
     prev = prev_m = None
     bar = tqdm(total=num, disable=not progress, desc="eval", unit="frame", dynamic_ncols=True)
@@ -222,15 +242,10 @@ def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag
         m = bases[int(i)].labels == Label.TORSO
         _flicker_accumulate(prev, frame, prev_m, m, acc)
         prev, prev_m = frame, m
-        chunk.append(frame)
-        if len(chunk) == DETECT_CHUNK:
-            openings.append(openings_of(chunk))
-            chunk = []
+        openings.add(frame)
         bar.update(1)
-    if chunk:
-        openings.append(openings_of(chunk))
     bar.close()
-    opening = np.concatenate(openings)
+    opening = openings.values()
     env = speech_envelope(audio16)[:num]
     lc = speech_sync(opening, env, max_lag)
     silent = env < SILENCE_DB

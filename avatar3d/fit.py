@@ -387,9 +387,10 @@ def _head_frame(data: FitData) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _project(points: torch.Tensor, data: FitData, i: int) -> torch.Tensor:
-    """Window pixel positions of head-space points in frame i. [P, 3] -> [P, 2]"""
-    pc = points @ data.R[i].T + data.t[i]
-    uv = pc @ data.K.T
+    """Window pixel positions of head-space points in frame i (on the points' device). [P, 3] -> [P, 2]"""
+    dev = points.device
+    pc = points @ data.R[i].to(dev).T + data.t[i].to(dev)
+    uv = pc @ data.K.to(dev).T
     return uv[:, :2] / uv[:, 2:].clamp(min=1e-6)
 
 
@@ -512,12 +513,12 @@ def fit_loss(pred: torch.Tensor, alpha: torch.Tensor, target: Target, params: Fi
 
 
 def swap_other_channels(cond: Conditioning, other: torch.Tensor) -> Conditioning:
-    """``cond`` with the blendshapes outside the prior's motion code (``MOTION_NAMES``) taken from
+    """``cond`` with the blendshapes outside the prior's motion code (``MOTION_INDEX``) taken from
     ``other`` [52] (another frame's blendshapes)."""
-    from avatar3d.prior import MOTION_NAMES
+    from avatar3d.prior import MOTION_INDEX
 
     keep = torch.zeros(cond.motion.shape[-1], dtype=torch.bool, device=cond.motion.device)
-    keep[[blendshape_index(n) for n in MOTION_NAMES]] = True
+    keep[list(MOTION_INDEX)] = True
     return Conditioning(torch.where(keep, cond.motion, other), cond.audio)
 
 
@@ -550,10 +551,7 @@ def landmark_guidance(avatar: Avatar, data: FitData, i: int, cond: Conditioning,
     idx = list(MOUTH_LANDMARKS)
     canonical = data.canonical[idx].to(device)  # [L, 3]
     d = avatar.face_deform(canonical, cond.motion, cond.audio)
-    moved = canonical + d.d_means[0]
-    cam = moved @ data.R[i].to(device).T + data.t[i].to(device)
-    uv = cam @ data.K.to(device).T
-    uv = uv[:, :2] / uv[:, 2:].clamp(min=1e-6)  # [L, 2] window pixels
+    uv = _project(canonical + d.d_means[0], data, i)  # [L, 2] window pixels
     tracked = torch.from_numpy(data.landmarks[i][idx]).to(device)  # [L, 2]
     ok = torch.isfinite(tracked).all(-1)
     err = (uv[ok] - tracked[ok]) / data.window.size

@@ -186,14 +186,19 @@ def load_run_prior(run: Path, device):
     return load_prior(path if path.is_file() else None, device=device), (path if path.is_file() else None)
 
 
+def fit_audio(audio16: np.ndarray, num: int) -> np.ndarray:
+    """16 kHz audio zero-padded or trimmed to exactly ``num`` video frames. [num * SAMPLES_PER_FRAME]"""
+    need = num * SAMPLES_PER_FRAME
+    audio = np.zeros(need, np.float32)
+    audio[: min(need, len(audio16))] = audio16[:need]
+    return audio
+
+
 def motion_from_audio(prior, audio16: np.ndarray, num: int, base: np.ndarray) -> np.ndarray:
     """Per-frame blendshapes ``[num, 52]``: mouth channels from the prior, the rest from ``base`` [num, 52]."""
     from avatar3d.prior import blendshapes_from_motion, predict_motion_from_audio
 
-    need = num * SAMPLES_PER_FRAME
-    audio = np.zeros(need, np.float32)
-    audio[: min(need, len(audio16))] = audio16[:need]
-    motion = predict_motion_from_audio(prior, audio)  # [num, 28]
+    motion = predict_motion_from_audio(prior, fit_audio(audio16, num))  # [num, 28]
     return blendshapes_from_motion(motion[:num], base=base)
 
 
@@ -204,10 +209,7 @@ def audio_features_for(avatar, audio16: np.ndarray, num: int) -> torch.Tensor | 
         return None
     from avatar3d import audio as A
 
-    need = num * SAMPLES_PER_FRAME
-    audio = np.zeros(need, np.float32)
-    audio[: min(need, len(audio16))] = audio16[:need]
-    feats = A.encode(name, audio).reshape(num, -1)
+    feats = A.encode(name, fit_audio(audio16, num)).reshape(num, -1)
     return torch.from_numpy(np.ascontiguousarray(feats, np.float32))
 
 
