@@ -2,6 +2,11 @@
 
 Runs the Tasks FaceLandmarker in VIDEO mode over ``frames.mp4`` and writes ``tracks.npz``
 (``landmarks``, ``blendshapes``, ``valid``, ``interpolated``; see ``avatar3d.dataset.TRACK_KEYS``).
+By default each frame is tracked twice, as it is and mirrored left-right, and the mirrored
+observation (landmarks renumbered by the face mesh's own symmetry, blendshapes Left <-> Right) is
+averaged with the direct one: the landmark model's errors are not mirror-symmetric (they lean
+with the head's yaw), and the average halves that lean. On the synthetic subject with exact
+ground truth this took the head-depth error from 2.15 % to ~1.3 % of head size.
 Short gaps (up to ``max_gap_seconds``) are interpolated from their neighbours and flagged; longer
 gaps are filled the same way so arrays stay finite, but are flagged neither valid nor interpolated
 and are reported.
@@ -10,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import functools
+import zipfile
 
 import numpy as np
 
@@ -39,6 +47,9 @@ class TrackConfig:
     """Fail if the face is tracked in fewer than this fraction of frames."""
     min_confidence: float = 0.5
     """Face detection / presence / tracking confidence threshold for the FaceLandmarker."""
+    mirror_average: bool = True
+    """Track the mirrored frame too and average the two observations (see the module docstring;
+    about doubles the stage's time)."""
 
     def model_path(self) -> Path:
         return face_landmarker_path(self.face_model, self.face_model_url)
@@ -102,6 +113,133 @@ class FaceTracker:
         self._landmarker.close()
 
     def __enter__(self) -> "FaceTracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Mirror averaging
+
+
+_GEOMETRY_MEMBER = "geometry_pipeline_metadata_landmarks.binarypb"
+NUM_MESH_LANDMARKS = 468  # face mesh vertices; 468..477 are the two irises
+# Iris landmarks: centre, then four ring points (two horizontal, top, bottom). Mirroring swaps
+# the eyes and the ring's two horizontal points (measured: 0.9 px mean mismatch on real frames).
+_IRIS_MIRROR = {468: 473, 469: 476, 470: 475, 471: 474, 472: 477}
+
+
+def _protobuf_fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
+    """Top-level ``(field number, wire type, value)`` of a protobuf message (no schema needed)."""
+
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = buf[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, i
+
+    out, i = [], 0
+    while i < len(buf):
+        key, i = varint(i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = varint(i)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, i = buf[i : i + size], i + size
+        elif wire == 2:
+            size, i = varint(i)
+            value, i = buf[i : i + size], i + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        out.append((number, wire, value))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def landmark_mirror_index(model_path: Path) -> np.ndarray:
+    """``[478]`` int: the landmark that each landmark becomes in the mirror image.
+
+    Read from the canonical face mesh inside face_landmarker.task (its geometry pipeline metadata:
+    field 1 = canonical mesh, whose field 3 holds x, y, z, u, v per vertex), which is exactly
+    symmetric about x = 0; the irises are paired by hand (``_IRIS_MIRROR``).
+    """
+    try:
+        with zipfile.ZipFile(model_path) as z:
+            meta = z.read(_GEOMETRY_MEMBER)
+        mesh = next(v for f, w, v in _protobuf_fields(meta) if f == 1 and w == 2)
+        floats = [v for f, w, v in _protobuf_fields(mesh) if f == 3]
+        if len(floats) == 1 and len(floats[0]) > 4:  # packed encoding
+            vertices = np.frombuffer(floats[0], "<f4")
+        else:
+            vertices = np.frombuffer(b"".join(floats), "<f4")
+        vertices = vertices.reshape(-1, 5)[:, :3].astype(np.float64)
+    except (zipfile.BadZipFile, KeyError, StopIteration, ValueError) as exc:
+        raise UserError(f"cannot read the face mesh symmetry from {model_path}: {exc}") from None
+    if len(vertices) != NUM_MESH_LANDMARKS:
+        raise UserError(f"{model_path}: canonical face mesh has {len(vertices)} vertices, expected 468")
+    mirrored = vertices * np.array([-1.0, 1.0, 1.0])
+    dist = np.linalg.norm(vertices[:, None] - mirrored[None], axis=-1)  # [468, 468]
+    index = dist.argmin(1)
+    if dist.min(1).max() > 1e-3 or not np.array_equal(index[index], np.arange(NUM_MESH_LANDMARKS)):
+        raise UserError(f"{model_path}: the canonical face mesh is not mirror-symmetric")
+    iris = {**_IRIS_MIRROR, **{b: a for a, b in _IRIS_MIRROR.items()}}
+    return np.concatenate([index, [iris[k] for k in range(NUM_MESH_LANDMARKS, NUM_LANDMARKS)]])
+
+
+def _blendshape_mirror_index() -> np.ndarray:
+    """``[52]`` int: each blendshape's mirror twin (Left <-> Right; the others are their own)."""
+    swap = {"Left": "Right", "Right": "Left"}
+    out = []
+    for name in BLENDSHAPE_NAMES:
+        side = next((k for k in swap if name.endswith(k)), None)
+        out.append(BLENDSHAPE_NAMES.index(name[: -len(side)] + swap[side]) if side else BLENDSHAPE_NAMES.index(name))
+    return np.array(out)
+
+
+def unmirror(obs: FaceObservation, width: int, mirror_index: np.ndarray) -> FaceObservation:
+    """An observation made on the left-right mirrored image, expressed in the original image."""
+    lm = obs.landmarks[mirror_index].copy()
+    lm[:, 0] = width - lm[:, 0]  # continuous pixel coordinates: x -> W - x
+    return FaceObservation(landmarks=lm, blendshapes=obs.blendshapes[_blendshape_mirror_index()])
+
+
+class MirrorAveragedTracker:
+    """Two :class:`FaceTracker` s, one on each frame and one on its mirror image; ``detect``
+    returns the mean of the direct and the un-mirrored observation (either alone where the other
+    finds no face)."""
+
+    def __init__(self, model_path: Path, video: bool, min_confidence: float = 0.5):
+        self._mirror_index = landmark_mirror_index(Path(model_path))
+        self._direct = FaceTracker(model_path, video, min_confidence)
+        try:
+            self._mirrored = FaceTracker(model_path, video, min_confidence)
+        except BaseException:
+            self._direct.close()
+            raise
+
+    def detect(self, frame: np.ndarray, timestamp_ms: int | None = None) -> FaceObservation | None:
+        direct = self._direct.detect(frame, timestamp_ms)
+        flipped = self._mirrored.detect(frame[:, ::-1], timestamp_ms)
+        if flipped is not None:
+            flipped = unmirror(flipped, frame.shape[1], self._mirror_index)
+        if direct is None or flipped is None:
+            return direct if flipped is None else flipped
+        return FaceObservation(
+            landmarks=(direct.landmarks + flipped.landmarks) / 2,
+            blendshapes=(direct.blendshapes + flipped.blendshapes) / 2,
+        )
+
+    def close(self) -> None:
+        self._direct.close()
+        self._mirrored.close()
+
+    def __enter__(self) -> "MirrorAveragedTracker":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -185,7 +323,8 @@ def run_track(paths: DatasetPaths, manifest: Manifest, config: TrackConfig) -> d
     blendshapes = np.zeros((n, NUM_BLENDSHAPES), np.float32)  # [N, 52]
     valid = np.zeros(n, bool)  # [N]
     count = 0
-    with FaceTracker(config.model_path(), video=True, min_confidence=config.min_confidence) as tracker:
+    tracker_class = MirrorAveragedTracker if config.mirror_average else FaceTracker
+    with tracker_class(config.model_path(), video=True, min_confidence=config.min_confidence) as tracker:
         for i, frame in enumerate(tqdm(iter_frames(paths.frames), total=n, desc="track", unit="frame")):
             if i >= n:
                 break
@@ -219,4 +358,5 @@ def run_track(paths: DatasetPaths, manifest: Manifest, config: TrackConfig) -> d
         "short_gaps": len(short_gaps),
         "long_gaps": [[g.start, g.stop] for g in long_gaps],
         "frames_untracked_in_long_gaps": int(sum(g.length for g in long_gaps)),
+        "mirror_average": config.mirror_average,
     }

@@ -84,11 +84,6 @@ def test_preprocess_recovers_the_true_rotation(pair):
     assert np.median(rot) <= 2.0, rot
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 7): median translation error measured 2.15% of head size on this clip "
-    "(bound 2%); depth drifts with yaw, the focal length is only weakly observable from a face",
-)
 def test_preprocess_recovers_the_true_translation(pair):
     gt, data = pair
     tracks = load_tracks(data)
