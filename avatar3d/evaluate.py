@@ -20,7 +20,9 @@ Cross-driven (``--audio``):
     clip, so that is the fair bound for a low-resolution avatar); and neck/torso
     flicker (:func:`avatar3d.sync.flicker` inside the TORSO label) of the rendered frames against
     the real video's. ``silent_settled_*`` leave out the last silent frames before speech resumes,
-    whose look-ahead (the prior's) already hears it.
+    whose look-ahead (the prior's) already hears it; their median is the mouth's opening during the
+    silence, their max the worst single frame (single frames of a shut rendered mouth scatter by
+    about +-0.002, a quarter of a pixel at 512 px: the tracker's resolution on a shut mouth).
 
 Writes ``-o`` (default RUN/eval.json) and a PNG of mouth opening over time beside it (same name,
 ``.png``), both atomically.
@@ -263,6 +265,7 @@ def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag
         "silent_opening_median": _nanstat(np.median, opening[silent]),
         "silent_opening_max": _nanstat(np.max, opening[silent]),
         "silent_settled_frames": int(settled.sum()),
+        "silent_settled_opening_median": _nanstat(np.median, opening[settled]),
         "silent_settled_opening_max": _nanstat(np.max, opening[settled]),
     }
     return out, {"cross_opening": opening, "cross_envelope": env}

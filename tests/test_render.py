@@ -182,6 +182,7 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert 15 <= c["silent_frames"] < 30  # the silent second half and the pauses between bursts
     assert 0 < c["silent_settled_frames"] <= c["silent_frames"] - 2  # the look-ahead hears the next burst
     assert c["silent_settled_opening_max"] <= c["silent_opening_max"]
+    assert c["silent_settled_opening_median"] <= c["silent_settled_opening_max"]
     # the composite's torso is the real clip's own torso pixels (ping-pong over its frames), so
     # its flicker is the real one's within the bound
     assert real["torso_flicker"] > 0 and 0.5 < c["torso_flicker_vs_real"] <= 1.5, (c, real)
