@@ -13,11 +13,10 @@ and are reported.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import functools
 import zipfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -192,6 +191,7 @@ def landmark_mirror_index(model_path: Path) -> np.ndarray:
     return np.concatenate([index, [iris[k] for k in range(NUM_MESH_LANDMARKS, NUM_LANDMARKS)]])
 
 
+@functools.cache
 def _blendshape_mirror_index() -> np.ndarray:
     """``[52]`` int: each blendshape's mirror twin (Left <-> Right; the others are their own)."""
     swap = {"Left": "Right", "Right": "Left"}
