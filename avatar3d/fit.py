@@ -44,6 +44,7 @@ from avatar3d.errors import UserError
 from avatar3d.gaussians import DensifyStrategy, Gaussians, StrategyConfig, make_optimizer
 from avatar3d.metrics import MOUTH_LANDMARKS, crop_to_ssim, detect_landmarks, lmd, psnr, ssim, ssim_map
 from avatar3d.rasterize import Backend, Camera
+from avatar3d.sync import mouth_opening
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG_FILE = "config.json"
@@ -254,7 +255,7 @@ class FitData:
     R: torch.Tensor  # [N, 3, 3]
     t: torch.Tensor  # [N, 3]
     landmarks: np.ndarray  # [N, 478, 2] tracked landmarks in window pixels
-    canonical: torch.Tensor  # [478, 3]
+    canonical: torch.Tensor  # [478, 3] head-space cm, mouth shut (closed_mouth_canonical)
     train: np.ndarray  # [T] frame indices used for training (tracked ones)
     val: np.ndarray  # [V] frame indices of the val split (tracked ones)
 
@@ -367,8 +368,43 @@ def load_fit_data(data_dir: Path, params: FitParams) -> FitData:
         window=window, frame_size=size, images=images, backgrounds=backgrounds, head=head, mouth=mouth,
         motion=torch.from_numpy(tracks["blendshapes"].astype(np.float32)), audio=audio, K=Kw,
         R=torch.from_numpy(tracks["R"].astype(np.float32)), t=torch.from_numpy(tracks["t"].astype(np.float32)),
-        landmarks=lm_w, canonical=torch.from_numpy(tracks["canonical"].astype(np.float32)), train=train, val=val,
+        landmarks=lm_w, canonical=torch.from_numpy(closed_mouth_canonical(tracks, train)), train=train, val=val,
     )
+
+
+CLOSED_MOUTH_PERCENTILE = 10.0  # frames with the lowest lip opening that shape the canonical face
+
+
+def closed_mouth_canonical(tracks: dict, frames: np.ndarray) -> np.ndarray:
+    """The dataset's canonical face with its mouth shut: ``[478, 3]`` float32 head-space cm.
+
+    preprocess's canonical face is the clip's mean shape, so its lips are parted (CNN: opening
+    0.035, more than the clip's median 0.029) and the Gaussians were seeded around an open mouth.
+    Seeding them around a shut one raised the tiny CNN avatar's val head PSNR on 3 of 3 seeds
+    (+0.02 to +0.64 dB, mean +0.34); it did not shut that avatar's mouth in silence (see
+    BENCHMARKS.md, seed study).
+    The non-rigid landmarks are replaced by their mean over the ``frames`` whose inner-lip opening
+    is in the lowest ``CLOSED_MOUTH_PERCENTILE`` %: each such frame's tracked 2D landmark is
+    back-projected at the depth its canonical point has in that frame's camera, into head space.
+    The rigid landmarks (the head frame) are kept.
+    """
+    from avatar3d.preprocess.pose import RIGID_LANDMARKS
+
+    canonical = tracks["canonical"].astype(np.float64)  # [478, 3]
+    opening = mouth_opening(tracks["landmarks"][frames])
+    ok = np.isfinite(opening)
+    if ok.sum() < 2:
+        return canonical.astype(np.float32)
+    shut = np.asarray(frames)[ok][opening[ok] <= np.percentile(opening[ok], CLOSED_MOUTH_PERCENTILE)]
+    K = tracks["K"].astype(np.float64)
+    R, t = tracks["R"][shut].astype(np.float64), tracks["t"][shut].astype(np.float64)  # [F, 3, 3], [F, 3]
+    depth = np.einsum("fij,nj->fni", R, canonical)[..., 2] + t[:, None, 2]  # [F, 478] cm
+    uv1 = np.concatenate([tracks["landmarks"][shut][..., :2], np.ones((len(shut), canonical.shape[0], 1))], -1)
+    cam = (uv1 @ np.linalg.inv(K).T) * depth[..., None]  # [F, 478, 3] camera space
+    head = np.einsum("fji,fnj->fni", R, cam - t[:, None, :])  # R^T (p - t)
+    closed = head.mean(0)
+    closed[list(RIGID_LANDMARKS)] = canonical[list(RIGID_LANDMARKS)]
+    return closed.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

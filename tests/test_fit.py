@@ -30,6 +30,7 @@ from avatar3d.fit import (
     evaluate,
     Target,
     branch_loss,
+    closed_mouth_canonical,
     init_avatar,
     landmark_guidance,
     swap_other_channels,
@@ -357,3 +358,33 @@ def test_an_avatar_from_another_version_is_a_user_error(synthetic, tmp_path):
     torch.save(state, tmp_path / "avatar.pt")
     with pytest.raises(UserError, match="does not fit this version of avatar3d.*avatar3d fit"):
         Avatar.load(tmp_path)
+
+
+def test_closed_mouth_canonical_takes_the_lips_of_the_shut_frames():
+    """Frames turning left and right, half with the mouth shut and half open; the canonical face
+    (the clip's mean shape) has the lips half open. The closed-mouth canonical recovers the shut
+    lips, and keeps the rigid points."""
+    from avatar3d.preprocess.pose import RIGID_LANDMARKS
+    from avatar3d.sync import LOWER_INNER_LIP, UPPER_INNER_LIP
+
+    rng = np.random.default_rng(0)
+    shut = rng.uniform(-5, 5, (478, 3)) * np.array([1.0, 1.0, 0.5])
+    shut[UPPER_INNER_LIP] = shut[LOWER_INNER_LIP] = [0.0, 2.0, 4.0]
+    opened = shut.copy()
+    opened[UPPER_INNER_LIP, 1] -= 0.4
+    opened[LOWER_INNER_LIP, 1] += 0.4
+    K = np.array([[500.0, 0, 256], [0, 500.0, 256], [0, 0, 1]])
+    n = 20
+    yaw = np.linspace(-0.3, 0.3, n)  # about the head's y axis: lip moves along y keep their depth
+    R = np.stack([[[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]] for a in yaw])
+    t = np.tile([0.0, 0.0, 45.0], (n, 1))
+    shapes = np.stack([shut if i % 2 == 0 else opened for i in range(n)])  # [n, 478, 3]
+    cam = np.einsum("fij,fnj->fni", R, shapes) + t[:, None]
+    uv = cam @ K.T
+    landmarks = np.concatenate([uv[..., :2] / uv[..., 2:], np.zeros((n, 478, 1))], -1).astype(np.float32)
+    tracks = {"canonical": ((shut + opened) / 2).astype(np.float32), "landmarks": landmarks, "K": K, "R": R, "t": t}
+    closed = closed_mouth_canonical(tracks, np.arange(n))
+    np.testing.assert_allclose(closed[[UPPER_INNER_LIP, LOWER_INNER_LIP]], shut[[UPPER_INNER_LIP, LOWER_INNER_LIP]], atol=1e-4)
+    rigid = list(RIGID_LANDMARKS)
+    np.testing.assert_array_equal(closed[rigid], tracks["canonical"][rigid])
+    assert UPPER_INNER_LIP not in rigid and LOWER_INNER_LIP not in rigid
