@@ -403,7 +403,8 @@ def closed_mouth_canonical(tracks: dict, frames: np.ndarray) -> np.ndarray:
     cam = (uv1 @ np.linalg.inv(K).T) * depth[..., None]  # [F, 478, 3] camera space
     head = np.einsum("fji,fnj->fni", R, cam - t[:, None, :])  # R^T (p - t)
     closed = head.mean(0)
-    closed[list(RIGID_LANDMARKS)] = canonical[list(RIGID_LANDMARKS)]
+    rigid = list(RIGID_LANDMARKS)
+    closed[rigid] = canonical[rigid]
     return closed.astype(np.float32)
 
 
