@@ -199,7 +199,9 @@ def _blendshape_mirror_index() -> np.ndarray:
     for name in BLENDSHAPE_NAMES:
         side = next((k for k in swap if name.endswith(k)), None)
         out.append(BLENDSHAPE_NAMES.index(name[: -len(side)] + swap[side]) if side else BLENDSHAPE_NAMES.index(name))
-    return np.array(out)
+    index = np.array(out)
+    index.flags.writeable = False  # cached: shared by every caller
+    return index
 
 
 def unmirror(obs: FaceObservation, width: int, mirror_index: np.ndarray) -> FaceObservation:
