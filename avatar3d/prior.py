@@ -40,6 +40,9 @@ are the tracked blendshapes of tracks.npz (frames with ``valid`` set), the input
 ``features/mel.npy``. Augmentation (in the mel-power domain): random gain, spectral tilt, mel
 axis warp, white noise, and stretches of silence (digital or very low noise) with rest targets.
 Measured quality (leave-one-speaker-out correlations) is in bench/results/prior.json.
+The shipped weights (``assets/prior.pt``) were trained on the Obama, CNN and Macron clips of
+../shared/data; the Lieu clip is left out because every prior trained with it transferred worse to
+the other speakers (BENCHMARKS.md, audio-to-motion prior).
 """
 from __future__ import annotations
 

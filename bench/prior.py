@@ -24,6 +24,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -83,15 +84,23 @@ def _fold(held: Path, datasets: list[Path], net: P.PriorNetConfig, hp: P.TrainHy
     return res
 
 
-def loso(datasets: list[Path], net: P.PriorNetConfig, hp: P.TrainHyper, jobs: int) -> list[dict]:
-    """One prior per held-out dataset; ``jobs`` folds train at once (separate processes)."""
+def loso(
+    datasets: list[Path], net: P.PriorNetConfig, hp: P.TrainHyper, jobs: int, held_out_only: Sequence[Path] = ()
+) -> list[dict]:
+    """One prior per held-out dataset, trained on the other ``datasets``; each of ``held_out_only``
+    is scored by a prior trained on all ``datasets``. ``jobs`` folds train at once (processes)."""
+    held = list(datasets) + list(held_out_only)
     if jobs <= 1:
-        return [_fold(d, datasets, net, hp) for d in datasets]
-    from concurrent.futures import ProcessPoolExecutor
+        rows = [_fold(d, datasets, net, hp) for d in held]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_fold, d, datasets, net, hp) for d in datasets]
-        return [f.result() for f in futures]
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(_fold, d, datasets, net, hp) for d in held]
+            rows = [f.result() for f in futures]
+    for r, d in zip(rows, held):
+        r["held_out_only"] = d in held_out_only
+    return rows
 
 
 def silence_test(prior: P.AudioMotionPrior, wav: Path) -> dict:
@@ -194,8 +203,9 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in lo["rows"]:
+            never = " (never trained on)" if r.get("held_out_only") else ""
             lines.append(
-                f"| {r['clip']} | {r['frames']} | {r['jawOpen_r']:.3f} | {r['mouth_mean_r']:.3f} | {r['av_offset_frames']} | "
+                f"| {r['clip']}{never} | {r['frames']} | {r['jawOpen_r']:.3f} | {r['mouth_mean_r']:.3f} | {r['av_offset_frames']} | "
                 f"{r['jawOpen_r_offset']:.3f} | {r['mouth_mean_r_offset']:.3f} | {r['loudness_baseline_jawOpen_r']:.3f} |"
             )
         lines += [
@@ -237,6 +247,8 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="*", type=Path, default=[], help="avatar3d preprocess datasets (one per speaker)")
+    ap.add_argument("--held-out-only", nargs="*", type=Path, default=[],
+                    help="datasets scored as held-out speakers but never trained on (clips left out of the shipped prior)")
     ap.add_argument("--driving", nargs="*", type=Path, default=None, help="driving audio for the silence test")
     ap.add_argument("--steps", type=int, default=P.TrainHyper().steps, help="training steps of each LOSO prior")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prior.json")
@@ -261,7 +273,7 @@ def main() -> None:
             result["leave_one_speaker_out"] = old["leave_one_speaker_out"]
             result["leave_one_speaker_out_command"] = old.get("command")
     if args.datasets and not args.skip_loso:
-        rows = loso(args.datasets, net, hp, args.jobs)
+        rows = loso(args.datasets, net, hp, args.jobs, args.held_out_only)
         result["leave_one_speaker_out"] = {
             "net": {k: list(v) if isinstance(v, tuple) else v for k, v in net.__dict__.items()},
             "steps": hp.steps,
