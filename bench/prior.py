@@ -1,13 +1,14 @@
 """Benchmark of the audio-to-motion prior; writes bench/results/prior.json.
 
-    python bench/prior.py --datasets D1 D2 D3 D4 [--driving A.wav ...]
+    python bench/prior.py --datasets D1 D2 D3 [--held-out-only D4 ...] [--driving A.wav ...]
     python bench/prior.py --expected-only        # re-record tests/data/prior_expected.json
 
 Sections of the JSON:
 - ``leave_one_speaker_out``: for each dataset, a prior trained (same command settings as the
   shipped one, see --steps) on the others, evaluated on it: Pearson r of predicted vs tracked
   jawOpen and the mean r over the mouth blendshapes the speaker moves; plus the r of a trivial
-  loudness baseline (mean log-mel) for scale.
+  loudness baseline (mean log-mel) for scale. Each ``--held-out-only`` dataset (a clip left out
+  of the shipped prior's training set) is scored by a prior trained on all ``--datasets``.
 - ``shipped``: the packaged weights: r on each dataset (in-sample: they were trained on them),
   silence test on the driving clips (2 s of digital silence inserted mid-clip), streaming vs
   offline max abs difference and CPU ms per 20 ms chunk, and a fresh isolated interpreter with
