@@ -257,6 +257,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="LOSO folds trained at once (set OMP_NUM_THREADS=1)")
     ap.add_argument("--expected-only", action="store_true", help="only re-record tests/data/prior_expected.json")
     args = ap.parse_args()
+    both = sorted({d.resolve() for d in args.datasets} & {d.resolve() for d in args.held_out_only})
+    if both:
+        ap.error(f"a dataset cannot be both trained on and held-out-only: {', '.join(map(str, both))}")
     if args.expected_only:
         write_expected()
         print(f"wrote {EXPECTED}")
