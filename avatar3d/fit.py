@@ -137,7 +137,7 @@ PRESETS: dict[str, FitParams] = {
         window="head",
         image_size=128,
         num_face=2500,
-        num_mouth=250,
+        num_mouth=750,  # draws the whole inside of the mouth (not densified); see BENCHMARKS (branch band)
         lr_means=5e-4,
         deform=DeformConfig(num_levels=6, log2_table_size=13, max_resolution=256, hidden=48, cond_dim=24),
         strategy=StrategyConfig(
@@ -559,17 +559,22 @@ def swap_other_channels(cond: Conditioning, other: torch.Tensor) -> Conditioning
     return Conditioning(torch.where(keep, cond.motion, other), cond.audio)
 
 
-BRANCH_BAND_PX = 2  # band around the mouth mask's edge left to either branch (the lips' inner rim)
+BRANCH_BAND = 2 / 512  # band around the mouth mask's edge left to either branch (the lips' inner
+# rim), as a fraction of the window side: 2 px at 512². A fixed 2 px band left the whole mouth to
+# either branch at 128² (a 128² mouth mask is at most ~5 px tall, so nothing was "deep" inside it).
 
 
 def branch_loss(face_alpha: torch.Tensor, mouth_alpha: torch.Tensor, target: Target) -> torch.Tensor:
     """Face/mouth decomposition: the face branch's alpha share deep inside the mouth mask and the
-    mouth branch's share in the head region away from it, mean squared over each region (scalar);
-    a band of ``BRANCH_BAND_PX`` around the (soft, resampled) mask's edge is left free.
-    face_alpha, mouth_alpha: [S, S, 1]."""
-    k = 2 * BRANCH_BAND_PX + 1
-    near = F.max_pool2d(target.mouth[None, None], k, stride=1, padding=BRANCH_BAND_PX)[0, 0]
-    deep = -F.max_pool2d(-target.mouth[None, None], k, stride=1, padding=BRANCH_BAND_PX)[0, 0]
+    mouth branch's share in the head region away from it, mean squared over each region (scalar).
+    A band of ``BRANCH_BAND`` x the window side around the (soft, resampled) mask's edge is left
+    free: the mask is eroded by that many pixels rounded down (face side) and dilated by it rounded
+    up (mouth side). face_alpha, mouth_alpha: [S, S, 1]."""
+    band = BRANCH_BAND * target.mouth.shape[-1]
+    erode, dilate = math.floor(band), math.ceil(band)
+    m = target.mouth[None, None]
+    near = F.max_pool2d(m, 2 * dilate + 1, stride=1, padding=dilate)[0, 0]
+    deep = -F.max_pool2d(-m, 2 * erode + 1, stride=1, padding=erode)[0, 0]
     inside = (deep > 0.9).float()
     outside = target.region * (near < 0.01).float()
     face_in = (face_alpha[..., 0] ** 2 * inside).sum() / inside.sum().clamp(min=1)

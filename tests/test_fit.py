@@ -234,10 +234,33 @@ def test_branch_loss_wants_teeth_from_the_mouth_branch_and_skin_from_the_face_br
     face_everywhere = branch_loss(torch.ones(S, S, 1), torch.zeros(S, S, 1), target)
     mouth_everywhere = branch_loss(torch.zeros(S, S, 1), torch.ones(S, S, 1), target)
     assert float(face_everywhere) == pytest.approx(1.0) and float(mouth_everywhere) == pytest.approx(1.0)
-    # the lips' inner rim (a band around the mask's edge) may be drawn by either branch
-    rim = torch.zeros(S, S)
-    rim[7:9, 6:18] = 1.0
+
+
+def _mouth_target(S: int, rows: slice) -> Target:
+    mouth = torch.zeros(S, S)
+    mouth[rows, S // 4 : 3 * S // 4] = 1.0
+    return Target(image=torch.zeros(S, S, 3), background=torch.zeros(S, S, 3), head=torch.ones(S, S),
+                  mouth=mouth, region=torch.ones(S, S))
+
+
+def test_branch_loss_leaves_the_lips_inner_rim_to_either_branch():
+    # at 512² the band is 2 px on each side of the mask's edge
+    target = _mouth_target(512, slice(200, 248))
+    rim = torch.zeros(512, 512)
+    rim[198:202, 128:384] = 1.0
     assert float(branch_loss(rim[..., None], rim[..., None], target)) == 0.0
+    rim[197, 256] = 1.0  # 3 px outside the mask: the mouth branch may not draw there
+    rim[202, 256] = 1.0  # 3 px inside: the face branch may not draw there
+    assert float(branch_loss(rim[..., None], rim[..., None], target)) > 0.0
+
+
+def test_branch_loss_still_splits_a_thin_mouth_at_low_resolution():
+    """The band scales with the window: a 3 px tall mouth at 128² (12 px at 512²) must not be left
+    entirely to the face branch, as a fixed 2 px band did (nothing was deep inside the mask)."""
+    for S, rows in ((128, slice(60, 63)), (512, slice(240, 252))):
+        target = _mouth_target(S, rows)
+        face_over_the_mouth = branch_loss(torch.ones(S, S, 1), torch.zeros(S, S, 1), target)
+        assert float(face_over_the_mouth) > 0.5, S
 
 
 def test_swap_other_channels_keeps_the_prior_driven_ones():
