@@ -561,7 +561,7 @@ def swap_other_channels(cond: Conditioning, other: torch.Tensor) -> Conditioning
 
 BRANCH_BAND = 2 / 512  # band around the mouth mask's edge left to either branch (the lips' inner
 # rim), as a fraction of the window side: 2 px at 512². A fixed 2 px band left the whole mouth to
-# either branch at 128² (a 128² mouth mask is at most ~5 px tall, so nothing was "deep" inside it).
+# either branch at 128² (CNN's mouth mask is at most 6 px tall there: nothing was deep inside it).
 
 
 def branch_loss(face_alpha: torch.Tensor, mouth_alpha: torch.Tensor, target: Target) -> torch.Tensor:
