@@ -223,24 +223,23 @@ def test_fit_learns_the_synthetic_head(synthetic, tmp_path):
     assert (a - b).abs().max() > 0.2
 
 
+def _mouth_target(S: int, rows: slice) -> Target:
+    """An all-head S x S target whose mouth mask is ``rows`` x the middle half of the columns."""
+    mouth = torch.zeros(S, S)
+    mouth[rows, S // 4 : 3 * S // 4] = 1.0
+    return Target(image=torch.zeros(S, S, 3), background=torch.zeros(S, S, 3), head=torch.ones(S, S),
+                  mouth=mouth, region=torch.ones(S, S))
+
+
 def test_branch_loss_wants_teeth_from_the_mouth_branch_and_skin_from_the_face_branch():
     S = 24
-    mouth = torch.zeros(S, S)
-    mouth[8:16, 6:18] = 1.0
-    target = Target(image=torch.zeros(S, S, 3), background=torch.zeros(S, S, 3), head=torch.ones(S, S),
-                    mouth=mouth, region=torch.ones(S, S))
+    target = _mouth_target(S, slice(8, 16))
+    mouth = target.mouth
     decomposed = branch_loss((1 - mouth)[..., None], mouth[..., None], target)
     assert float(decomposed) == 0.0
     face_everywhere = branch_loss(torch.ones(S, S, 1), torch.zeros(S, S, 1), target)
     mouth_everywhere = branch_loss(torch.zeros(S, S, 1), torch.ones(S, S, 1), target)
     assert float(face_everywhere) == pytest.approx(1.0) and float(mouth_everywhere) == pytest.approx(1.0)
-
-
-def _mouth_target(S: int, rows: slice) -> Target:
-    mouth = torch.zeros(S, S)
-    mouth[rows, S // 4 : 3 * S // 4] = 1.0
-    return Target(image=torch.zeros(S, S, 3), background=torch.zeros(S, S, 3), head=torch.ones(S, S),
-                  mouth=mouth, region=torch.ones(S, S))
 
 
 def test_branch_loss_leaves_the_lips_inner_rim_to_either_branch():
