@@ -17,6 +17,7 @@ Sections of the JSON:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import platform
@@ -91,14 +92,14 @@ def loso(
     """One prior per held-out dataset, trained on the other ``datasets``; each of ``held_out_only``
     is scored by a prior trained on all ``datasets``. ``jobs`` folds train at once (processes)."""
     held = list(datasets) + list(held_out_only)
+    fold = functools.partial(_fold, datasets=datasets, net=net, hp=hp)
     if jobs <= 1:
-        rows = [_fold(d, datasets, net, hp) for d in held]
+        rows = list(map(fold, held))
     else:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(_fold, d, datasets, net, hp) for d in held]
-            rows = [f.result() for f in futures]
+            rows = list(pool.map(fold, held))
     for r, d in zip(rows, held):
         r["held_out_only"] = d in held_out_only
     return rows
