@@ -6,7 +6,9 @@ Self-driven (the val split of the run's own dataset, frames never trained on):
     landmarks on the real val frames). The rendered opening is measured by running the face
     tracker on the rendered frames, so the ruler does not trust the model. It is measured twice:
     driven by the tracked blendshapes, and driven by the clip's own audio through the prior
-    (:mod:`avatar3d.render`'s code path).
+    (:mod:`avatar3d.render`'s code path). On the val frames whose mouth is as shut as the
+    silence bound (``shut_*``) it also reports the rendered opening beside the real frames' at the
+    fit resolution: whether the avatar itself can shut its mouth, with the prior out of the way.
 Cross-driven (``--audio``):
     the frames :mod:`avatar3d.render` would write for that audio (same code), the tracker on them,
     and :func:`avatar3d.sync.lagged_correlation` of their mouth opening against
@@ -158,8 +160,28 @@ def self_driven(avatar, data, data_dir: Path, params, prior, device) -> tuple[di
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
+    out.update(shut_val_openings(data, true, tracked, audio_driven, up))
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
+
+
+def shut_val_openings(data, true: np.ndarray, tracked: np.ndarray, audio_driven: np.ndarray, upscale: int) -> dict:
+    """Can the avatar shut its mouth? The val frames whose true opening is at most the training
+    frames' 10th percentile (the silence bound), and on them the median opening the tracker reads
+    on the real frame at the fit resolution (what a perfect avatar would score), on the avatar
+    driven by the tracked motion (the prior plays no part) and driven by the clip's audio.
+    true, tracked, audio_driven: [V] openings of the val frames."""
+    from avatar3d.sync import mouth_opening
+
+    p10 = _nanstat(np.percentile, mouth_opening(data.landmarks[data.train]), 10)
+    shut = np.isfinite(true) & (true <= p10) if p10 is not None else np.zeros(len(true), bool)
+    truth = openings_of([data.images[int(i)].numpy() for i in np.asarray(data.val)[shut]], upscale)
+    return {
+        "shut_val_frames": int(shut.sum()),
+        "shut_opening_truth_fit_resolution": _nanstat(np.median, truth),
+        "shut_opening_tracked_motion": _nanstat(np.median, tracked[shut]),
+        "shut_opening_audio_driven": _nanstat(np.median, audio_driven[shut]),
+    }
 
 
 def _flicker_accumulate(prev: np.ndarray | None, frame: np.ndarray, prev_m, mask, acc: list[float]) -> None:
@@ -350,7 +372,9 @@ def run_eval(config: EvalConfig) -> dict:
     s = result["self_driven"]
     line = (f"avatar3d eval: {out}  val PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, "
             f"LMD {s['lmd_px'] if s['lmd_px'] is not None else float('nan'):.2f} px, mouth r "
-            f"{_fmt(s['mouth_opening_r_tracked_motion'])} (tracked) / {_fmt(s['mouth_opening_r_audio_driven'])} (audio)")
+            f"{_fmt(s['mouth_opening_r_tracked_motion'])} (tracked) / {_fmt(s['mouth_opening_r_audio_driven'])} (audio), "
+            f"shut val mouths open {_fmt(s['shut_opening_tracked_motion'])} (real at this resolution "
+            f"{_fmt(s['shut_opening_truth_fit_resolution'])}, {s['shut_val_frames']} frames)")
     if "cross_driven" in result:
         c = result["cross_driven"]
         line += (f"; cross sync r {_fmt(c['sync_r'])} at lag {c['sync_lag']} (real {_fmt(result['real_clip']['sync_r'])}"

@@ -177,6 +177,7 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert s["psnr"] == pytest.approx(fit_metrics["psnr"], abs=1e-4)
     assert s["ssim"] == pytest.approx(fit_metrics["ssim"], abs=1e-4)
     assert s["frames"] == fit_metrics["frames"]
+    assert 0 <= s["shut_val_frames"] <= s["frames"]  # the shut-mouth check: test_shut_val_openings
     c, real = result["cross_driven"], result["real_clip"]
     assert c["frames"] == 30
     assert 15 <= c["silent_frames"] < 30  # the silent second half and the pauses between bursts
@@ -193,6 +194,31 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert png is not None and png.shape[0] > 300 and png.shape[1] > 600
     rc, err = _cli(["eval", tmp_path / "nope", "--device", "cpu"], capsys)
     assert rc == 2 and "run not found" in err
+
+
+def test_shut_val_openings(run_dir):
+    """The shut-mouth check picks the val frames at or under the training p10 and reports the medians
+    of the given rendered openings on them beside the tracker's reading of the real frames."""
+    from avatar3d.evaluate import openings_of, shut_val_openings
+    from avatar3d.fit import load_fit_data
+    from avatar3d.render import open_run
+
+    info = open_run(run_dir)
+    data = load_fit_data(info.data, info.params)
+    v = len(data.val)
+    true = np.full(v, 1.0)  # all wide open but two
+    true[[0, v - 1]] = 0.0
+    rendered = np.arange(v, dtype=np.float64) / 100
+    out = shut_val_openings(data, true, rendered, 2 * rendered, upscale=4)
+    assert out["shut_val_frames"] == 2
+    assert out["shut_opening_tracked_motion"] == pytest.approx((v - 1) / 200)
+    assert out["shut_opening_audio_driven"] == pytest.approx((v - 1) / 100)
+    picked = np.asarray(data.val)[[0, v - 1]]
+    real_at_fit_size = openings_of([data.images[int(i)].numpy() for i in picked], 4)
+    assert np.isfinite(real_at_fit_size).all()
+    assert out["shut_opening_truth_fit_resolution"] == pytest.approx(np.median(real_at_fit_size))
+    true[:] = np.nan  # no face tracked in any val frame
+    assert shut_val_openings(data, true, rendered, rendered, 4)["shut_opening_truth_fit_resolution"] is None
 
 
 def test_speech_sync_leaves_digital_silence_out():
