@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import tyro
 
-from avatar3d.dataset import DatasetPaths, Label
+from avatar3d.dataset import DatasetPaths, Label, load_tracks
 from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
 from avatar3d.sync import pearson
@@ -160,20 +160,27 @@ def self_driven(avatar, data, data_dir: Path, params, prior, device) -> tuple[di
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
-    out.update(shut_val_openings(data, true, tracked, audio_driven, up))
+    p10 = _nanstat(np.percentile, tracked_openings(load_tracks(data_dir))[np.asarray(data.train)], 10)
+    out.update(shut_val_openings(data, p10, true, tracked, audio_driven, up))
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
 
 
-def shut_val_openings(data, true: np.ndarray, tracked: np.ndarray, audio_driven: np.ndarray, upscale: int) -> dict:
-    """Can the avatar shut its mouth? The val frames whose true opening is at most the training
-    frames' 10th percentile (the silence bound), and on them the median opening the tracker reads
-    on the real frame at the fit resolution (what a perfect avatar would score), on the avatar
-    driven by the tracked motion (the prior plays no part) and driven by the clip's audio.
-    true, tracked, audio_driven: [V] openings of the val frames."""
+def tracked_openings(tracks: dict) -> np.ndarray:
+    """[N] mouth opening of the clip's frames from the tracker's landmarks (NaN where it lost the face)."""
     from avatar3d.sync import mouth_opening
 
-    p10 = _nanstat(np.percentile, mouth_opening(data.landmarks[data.train]), 10)
+    return np.where(tracks["valid"].astype(bool), mouth_opening(tracks["landmarks"]), np.nan)
+
+
+def shut_val_openings(
+    data, p10: float | None, true: np.ndarray, tracked: np.ndarray, audio_driven: np.ndarray, upscale: int
+) -> dict:
+    """Can the avatar shut its mouth? The val frames whose true opening is at most ``p10`` (the
+    training frames' 10th percentile: the silence bound), and on them the median opening the
+    tracker reads on the real frame at the fit resolution (what a perfect avatar would score), on
+    the avatar driven by the tracked motion (the prior plays no part) and driven by the clip's
+    audio. true, tracked, audio_driven: [V] openings of the val frames."""
     shut = np.isfinite(true) & (true <= p10) if p10 is not None else np.zeros(len(true), bool)
     truth = openings_of([data.images[int(i)].numpy() for i in np.asarray(data.val)[shut]], upscale)
     return {
@@ -210,17 +217,13 @@ def speech_sync(opening: np.ndarray, envelope: np.ndarray, max_lag: int):
 def real_reference(info, data, max_lag: int) -> tuple[dict, dict[str, np.ndarray]]:
     """The measures on the real clip with its own audio, and its torso flicker."""
     from avatar3d.audio import load_audio
-    from avatar3d.dataset import load_tracks
     from avatar3d.masks import iter_masks
     from avatar3d.render import paste
-    from avatar3d.sync import mouth_opening, speech_envelope
+    from avatar3d.sync import speech_envelope
     from avatar3d.video import iter_frames
 
     paths = DatasetPaths(info.data)
-    tracks = load_tracks(info.data)
-    opening = mouth_opening(tracks["landmarks"])
-    ok = tracks["valid"].astype(bool)
-    opening = np.where(ok, opening, np.nan)
+    opening = tracked_openings(load_tracks(info.data))
     env = speech_envelope(load_audio(paths.audio))
     lc = speech_sync(opening, env, max_lag)
     # training frames as the avatar shows them: the head window at the fit resolution, pasted back

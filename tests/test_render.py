@@ -206,10 +206,10 @@ def test_shut_val_openings(run_dir):
     info = open_run(run_dir)
     data = load_fit_data(info.data, info.params)
     v = len(data.val)
-    true = np.full(v, 1.0)  # all wide open but two
+    true = np.full(v, 1.0)  # all wider open than the bound (0.5) but two
     true[[0, v - 1]] = 0.0
     rendered = np.arange(v, dtype=np.float64) / 100
-    out = shut_val_openings(data, true, rendered, 2 * rendered, upscale=4)
+    out = shut_val_openings(data, 0.5, true, rendered, 2 * rendered, upscale=4)
     assert out["shut_val_frames"] == 2
     assert out["shut_opening_tracked_motion"] == pytest.approx((v - 1) / 200)
     assert out["shut_opening_audio_driven"] == pytest.approx((v - 1) / 100)
@@ -218,7 +218,8 @@ def test_shut_val_openings(run_dir):
     assert np.isfinite(real_at_fit_size).all()
     assert out["shut_opening_truth_fit_resolution"] == pytest.approx(np.median(real_at_fit_size))
     true[:] = np.nan  # no face tracked in any val frame
-    assert shut_val_openings(data, true, rendered, rendered, 4)["shut_opening_truth_fit_resolution"] is None
+    assert shut_val_openings(data, 0.5, true, rendered, rendered, 4)["shut_opening_truth_fit_resolution"] is None
+    assert shut_val_openings(data, None, true, rendered, rendered, 4)["shut_val_frames"] == 0
 
 
 def test_speech_sync_leaves_digital_silence_out():
