@@ -130,8 +130,11 @@ def _window_upscale(size: int) -> int:
     return max(1, math.ceil(384 / size))  # as fit.evaluate: the tracker wants faces of ~100+ px
 
 
-def self_driven(avatar, data, data_dir: Path, params, prior, device) -> tuple[dict, dict[str, np.ndarray]]:
-    """Val-split metrics (see module docstring) and the opening curves for the plot."""
+def self_driven(
+    avatar, data, data_dir: Path, params, prior, device, clip_opening: np.ndarray
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Val-split metrics (see module docstring) and the opening curves for the plot.
+    clip_opening: [N] :func:`tracked_openings` of the clip."""
     from avatar3d.audio import load_audio
     from avatar3d.avatar import composite
     from avatar3d.fit import evaluate
@@ -160,7 +163,7 @@ def self_driven(avatar, data, data_dir: Path, params, prior, device) -> tuple[di
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
-    p10 = _nanstat(np.percentile, tracked_openings(load_tracks(data_dir))[np.asarray(data.train)], 10)
+    p10 = _nanstat(np.percentile, clip_opening[np.asarray(data.train)], 10)
     out.update(shut_val_openings(data, p10, true, tracked, audio_driven, up))
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
@@ -214,8 +217,9 @@ def speech_sync(opening: np.ndarray, envelope: np.ndarray, max_lag: int):
     return lagged_correlation(opening, envelope, max_lag=max_lag)
 
 
-def real_reference(info, data, max_lag: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """The measures on the real clip with its own audio, and its torso flicker."""
+def real_reference(info, data, max_lag: int, opening: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+    """The measures on the real clip with its own audio, and its torso flicker.
+    opening: [N] :func:`tracked_openings` of the clip."""
     from avatar3d.audio import load_audio
     from avatar3d.masks import iter_masks
     from avatar3d.render import paste
@@ -223,7 +227,6 @@ def real_reference(info, data, max_lag: int) -> tuple[dict, dict[str, np.ndarray
     from avatar3d.video import iter_frames
 
     paths = DatasetPaths(info.data)
-    opening = tracked_openings(load_tracks(info.data))
     env = speech_envelope(load_audio(paths.audio))
     lc = speech_sync(opening, env, max_lag)
     # training frames as the avatar shows them: the head window at the fit resolution, pasted back
@@ -354,8 +357,9 @@ def run_eval(config: EvalConfig) -> dict:
 
     result: dict = {"run": str(info.run), "dataset": str(info.data),
                     "prior": str(prior_path) if prior_path else "shipped"}
-    result["self_driven"], curves = self_driven(avatar, data, info.data, info.params, prior, device)
-    result["real_clip"], real_curves = real_reference(info, data, config.max_lag)
+    clip_opening = tracked_openings(load_tracks(info.data))  # [N] the real clip's, from its tracks
+    result["self_driven"], curves = self_driven(avatar, data, info.data, info.params, prior, device, clip_opening)
+    result["real_clip"], real_curves = real_reference(info, data, config.max_lag, clip_opening)
     curves.update(real_curves)
     if audio16 is not None:
         cross, cross_curves = cross_driven(info, avatar, data, prior, audio16, device, config.max_lag, config.progress)
