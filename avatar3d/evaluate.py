@@ -376,20 +376,29 @@ def run_eval(config: EvalConfig) -> dict:
     png = out.with_suffix(".png")
     write_plot(png, curves, f"{info.run.name}: mouth opening over time")
 
-    s = result["self_driven"]
-    line = (f"avatar3d eval: {out}  val PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, "
-            f"LMD {s['lmd_px'] if s['lmd_px'] is not None else float('nan'):.2f} px, mouth r "
-            f"{_fmt(s['mouth_opening_r_tracked_motion'])} (tracked) / {_fmt(s['mouth_opening_r_audio_driven'])} (audio), "
-            f"shut val mouths open {_fmt(s['shut_opening_tracked_motion'])} (real at this resolution "
-            f"{_fmt(s['shut_opening_truth_fit_resolution'])}, {s['shut_val_frames']} frames)")
-    if "cross_driven" in result:
-        c = result["cross_driven"]
-        line += (f"; cross sync r {_fmt(c['sync_r'])} at lag {c['sync_lag']} (real {_fmt(result['real_clip']['sync_r'])}"
-                 f" at {result['real_clip']['sync_lag']}), torso flicker {_fmt(c['torso_flicker'])} "
-                 f"(real {_fmt(result['real_clip']['torso_flicker'])})")
-    print(line + f"; plot {png}")
+    print(summary_line(result, out, png))
     return result
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+def summary_line(result: dict, out: Path, png: Path) -> str:
+    """The one line `avatar3d eval` prints: the headline numbers of ``result`` (run_eval's JSON)."""
+    s = result["self_driven"]
+    line = (f"avatar3d eval: {out}  val PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.3f}, "
+            f"LMD {_fmt(s['lmd_px'], 2)} px, mouth r "
+            f"{_fmt(s['mouth_opening_r_tracked_motion'])} (tracked) / {_fmt(s['mouth_opening_r_audio_driven'])} (audio), "
+            f"shut val mouths open {_fmt(s['shut_opening_tracked_motion'], 4)} (real at this resolution "
+            f"{_fmt(s['shut_opening_truth_fit_resolution'], 4)}, {s['shut_val_frames']} frames)")
+    if "cross_driven" in result:
+        c, real = result["cross_driven"], result["real_clip"]
+        line += (f"; cross sync r {_fmt(c['sync_r'])} at lag {c['sync_lag']} (real {_fmt(real['sync_r'])}"
+                 f" at {real['sync_lag']}), torso flicker {_fmt(c['torso_flicker'])} "
+                 f"(real {_fmt(real['torso_flicker'])})")
+        if c["silent_settled_frames"]:
+            line += (f", silent mouth open {_fmt(c['silent_settled_opening_median'], 4)} over "
+                     f"{c['silent_settled_frames']} frames (bound: training p10 {_fmt(real['train_opening_p10'], 4)}, "
+                     f"{_fmt(real['train_opening_p10_fit_resolution'], 4)} at this resolution)")
+    return line + f"; plot {png}"
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"

@@ -161,6 +161,8 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     audio's length; the torso of the composite is the real clip's, so its flicker matches."""
     import cv2
 
+    from avatar3d.evaluate import summary_line
+
     wav = _wav(tmp_path / "speech.wav", 1.2)
     # 0.6 s of speech then 0.6 s of digital silence: silent frames are found by the envelope
     import soundfile as sf
@@ -192,6 +194,13 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert real["train_frames_fit_resolution"] > 0 and real["train_opening_p10_fit_resolution"] is not None
     png = cv2.imread(str(out.with_suffix(".png")))
     assert png is not None and png.shape[0] > 300 and png.shape[1] > 600
+    # the printed line puts the silent mouth beside its bound; None-safe, no clause without silence
+    line = summary_line(result, out, out.with_suffix(".png"))
+    assert f"silent mouth open {c['silent_settled_opening_median']:.4f} over {c['silent_settled_frames']} frames" in line
+    assert f"training p10 {real['train_opening_p10']:.4f}, {real['train_opening_p10_fit_resolution']:.4f} at" in line
+    quiet = {**result, "cross_driven": {**c, "silent_settled_frames": 0}, "self_driven": {**s, "lmd_px": None}}
+    line = summary_line(quiet, out, out.with_suffix(".png"))
+    assert "silent mouth" not in line and "LMD n/a px" in line
     rc, err = _cli(["eval", tmp_path / "nope", "--device", "cpu"], capsys)
     assert rc == 2 and "run not found" in err
 
