@@ -1,6 +1,6 @@
 """``avatar3d fit DATA -o RUN``: fit a deformable Gaussian avatar to a preprocessed dataset.
 
-The image window: ``tiny`` fits a square window around the head (the union of the head masks
+The image window: ``tiny`` (128²) and ``small`` (256²) fit a square window around the head (the union of the head masks
 over the clip, plus a margin) resampled to ``image_size``; ``default`` fits the whole frame at
 the dataset's resolution. Each step renders one training frame with its tracked head pose as
 the camera and its tracked blendshapes as the motion code, composites the head over that frame's
@@ -148,6 +148,19 @@ PRESETS: dict[str, FitParams] = {
         prior_finetune_steps=60,
     ),
 }
+# tiny at 256² and twice the steps: the CPU preset for a real clip whose shut mouth matters. At
+# 128² a shut lip line is under a pixel, and tiny avatars render it parted (CNN, seed 0: shut val
+# frames 0.0187 against the real frames' 0.0035); at 256² they render it about as the real frames
+# read (seeds 0-3: 0.0022-0.0044 against 0.0030). In 2 s of silence the mouth stays parted on
+# some seeds still (1 of 4 under the bound, 2 within 8 % of it). About 17 min on one CPU thread
+# (BENCHMARKS.md, session 9).
+PRESETS["small"] = replace(
+    PRESETS["tiny"],
+    steps=2400,
+    image_size=256,
+    strategy=replace(PRESETS["tiny"].strategy, refine_stop=1800),
+    checkpoint_every=400,
+)
 # The demo's preset: tiny at half the steps, so `make demo` ends within minutes on 2 CPU cores.
 PRESETS["demo"] = replace(
     PRESETS["tiny"],
@@ -187,7 +200,7 @@ def params_from_json(obj: dict, where: str = "fit params") -> FitParams:
 
 
 def resolve_preset(preset: str) -> FitParams:
-    """A preset name (tiny, default) or the path of a JSON file of FitParams."""
+    """A preset name (tiny, small, demo, default) or the path of a JSON file of FitParams."""
     if preset in PRESETS:
         return PRESETS[preset]
     path = Path(preset)
@@ -209,7 +222,8 @@ class FitConfig:
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
     """Run folder to write (replaced when the fit completes)."""
     preset: str = "default"
-    """Hyper-parameters: tiny (CPU, minutes), default (GPU), or a JSON file (copy configs/fit_*.json)."""
+    """Hyper-parameters: tiny (CPU, minutes), small (CPU, ~17 min, 256²: sharper lips), demo, default
+    (GPU), or a JSON file (copy configs/fit_*.json)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device to fit on; auto = cuda when available, else cpu."""
     resume: bool = False

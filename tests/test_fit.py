@@ -358,6 +358,7 @@ def test_presets_and_their_json_files_agree():
         assert params_from_json(json.loads(path.read_text())) == params, f"{path} is stale"
         assert resolve_preset(str(path)) == params
     assert PRESETS["tiny"].image_size == 128 and PRESETS["tiny"].window == "head"
+    assert PRESETS["small"].image_size == 256 and PRESETS["small"].window == "head"
     with pytest.raises(UserError, match="unknown FitParams keys"):
         params_from_json({"stepz": 3})
     with pytest.raises(UserError, match="expected int"):
