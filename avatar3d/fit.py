@@ -1,15 +1,15 @@
 """``avatar3d fit DATA -o RUN``: fit a deformable Gaussian avatar to a preprocessed dataset.
 
-The image window: ``tiny`` (128²) and ``small`` (256²) fit a square window around the head (the union of the head masks
-over the clip, plus a margin) resampled to ``image_size``; ``default`` fits the whole frame at
-the dataset's resolution. Each step renders one training frame with its tracked head pose as
-the camera and its tracked blendshapes as the motion code, composites the head over that frame's
-own torso/background (the background plate inside the head region), and takes the loss on the
-dilated head region (face + hair + mouth labels): ``(1 - w_ssim) * L1 + w_ssim * D-SSIM`` with
-extra weight on the inside of the mouth, plus a small alpha term, a branch term
+The image window: ``tiny`` (128²) and ``small`` (256²) fit a square window around the head (the
+union of the head masks over the clip, plus a margin) resampled to ``image_size``; ``default`` fits
+the whole frame at the dataset's resolution. Each step renders one training frame with its tracked
+head pose as the camera and its tracked blendshapes as the motion code, composites the head over
+that frame's own torso/background (the background plate inside the head region), and takes the loss
+on the dilated head region (face + hair + mouth labels): ``(1 - w_ssim) * L1 + w_ssim * D-SSIM``
+with extra weight on the inside of the mouth, plus a small alpha term, a branch term
 (:func:`branch_loss`: teeth and tongue come from the mouth branch, lips and skin from the face
-branch) and a landmark guidance term (:func:`landmark_guidance`: the deformation field carries
-the canonical lip landmarks onto the frame's tracked ones).
+branch) and a landmark guidance term (:func:`landmark_guidance`: the deformation field carries the
+canonical lip landmarks onto the frame's tracked ones).
 
 RUN is built in ``.RUN.partial`` beside it (checkpoints land there, atomically) and renamed at
 the end; ``--resume`` continues a killed fit from its last checkpoint. A finished RUN holds::
