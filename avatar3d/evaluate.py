@@ -131,10 +131,11 @@ def _window_upscale(size: int) -> int:
 
 
 def self_driven(
-    avatar, data, data_dir: Path, params, prior, device, clip_opening: np.ndarray
+    avatar, data, data_dir: Path, params, prior, device, silence_bound: float | None
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Val-split metrics (see module docstring) and the opening curves for the plot.
-    clip_opening: [N] :func:`tracked_openings` of the clip."""
+    silence_bound: the training frames' 10th-percentile opening (:func:`real_reference`'s
+    ``train_opening_p10``), None where no training frame has a face."""
     from avatar3d.audio import load_audio
     from avatar3d.avatar import composite
     from avatar3d.fit import evaluate
@@ -163,8 +164,7 @@ def self_driven(
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
-    p10 = _nanstat(np.percentile, clip_opening[np.asarray(data.train)], 10)
-    out.update(shut_val_openings(data, p10, true, tracked, audio_driven, up))
+    out.update(shut_val_openings(data, silence_bound, true, tracked, audio_driven, up))
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
 
@@ -358,8 +358,11 @@ def run_eval(config: EvalConfig) -> dict:
     result: dict = {"run": str(info.run), "dataset": str(info.data),
                     "prior": str(prior_path) if prior_path else "shipped"}
     clip_opening = tracked_openings(load_tracks(info.data))  # [N] the real clip's, from its tracks
-    result["self_driven"], curves = self_driven(avatar, data, info.data, info.params, prior, device, clip_opening)
-    result["real_clip"], real_curves = real_reference(info, data, config.max_lag, clip_opening)
+    real, real_curves = real_reference(info, data, config.max_lag, clip_opening)
+    result["self_driven"], curves = self_driven(
+        avatar, data, info.data, info.params, prior, device, real["train_opening_p10"]
+    )
+    result["real_clip"] = real
     curves.update(real_curves)
     if audio16 is not None:
         cross, cross_curves = cross_driven(info, avatar, data, prior, audio16, device, config.max_lag, config.progress)
