@@ -42,6 +42,8 @@ from avatar3d.fsutil import write_json  # noqa: E402
 
 EXPECTED = REPO / "tests" / "data" / "prior_expected.json"
 FINETUNE_STEPS = 300  # per-identity fine-tuning in the LOSO folds (as fit would)
+RIDGE_LAGS = tuple(range(-8, 3))  # own-audio ridge context: 8 frames back, 2 ahead (the prior's look-ahead)
+RIDGE_LAMBDA = 1e3
 
 
 def fixed_input() -> np.ndarray:
@@ -64,6 +66,31 @@ def write_expected() -> dict:
     return obj
 
 
+def own_audio_ridge(clip: P.SpeakerClip) -> dict:
+    """How much of a speaker's jawOpen its *own* audio predicts: a ridge regression on the frame
+    mean of the mel features over ``RIDGE_LAGS`` frames around each frame, trained on one half
+    of the clip and scored (Pearson r) on the other, both ways, mean. ``_offset``: tracks shifted
+    by the clip's measured audio/mouth offset for training and scoring. A yardstick for what a
+    generic prior could reach on that clip, not a model we ship."""
+    mel = clip.features.mean(axis=1)  # [N, 80]
+    n = len(mel)
+    X = np.concatenate([mel[np.clip(np.arange(n) + lag, 0, n - 1)] for lag in RIDGE_LAGS], axis=1)
+    halves = (np.arange(n) < n // 2, np.arange(n) >= n // 2)
+    out = {}
+    for suffix, lag in (("", 0), ("_offset", clip.offset)):
+        motion, valid = P.shift_tracks(clip.motion, clip.valid, lag)
+        jaw = motion[:, P.JAW_OPEN]
+        rs = []
+        for a, b in ((0, 1), (1, 0)):
+            tr, te = halves[a] & valid, halves[b] & valid
+            mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6
+            Xn = (X[tr] - mu) / sd
+            w = np.linalg.solve(Xn.T @ Xn + RIDGE_LAMBDA * np.eye(X.shape[1]), Xn.T @ (jaw[tr] - jaw[tr].mean()))
+            rs.append(pearson(((X[te] - mu) / sd) @ w, jaw[te]))
+        out["own_audio_ridge_jawOpen_r" + suffix] = float(np.mean(rs))
+    return out
+
+
 def _fold(held: Path, datasets: list[Path], net: P.PriorNetConfig, hp: P.TrainHyper) -> dict:
     train = [d for d in datasets if d != held]
     t0 = time.perf_counter()
@@ -72,6 +99,7 @@ def _fold(held: Path, datasets: list[Path], net: P.PriorNetConfig, hp: P.TrainHy
     res = P.evaluate_clip(prior, clip)
     loud = P.speech_loudness(clip.features)  # [N] dB
     res["loudness_baseline_jawOpen_r"] = pearson(loud[clip.valid], clip.motion[clip.valid, P.JAW_OPEN])
+    res.update(own_audio_ridge(clip))
     # what fit does: fine-tune on the held-out speaker's train split, score its val split
     val = P.load_clip(held, max_offset=hp.max_offset, split="val")
     val = P.SpeakerClip(val.name, val.features, val.motion, val.valid, val.rest, val.scale, clip.offset)
@@ -199,16 +227,19 @@ def markdown(result: dict) -> str:
     if lo:
         lines += [
             f"Leave-one-speaker-out ({lo['steps']} steps per prior, CPU). r = Pearson of predicted vs tracked "
-            "over the held-out clip; 'offset' columns: tracks shifted by the clip's measured audio/mouth offset.",
+            "over the held-out clip; 'offset' columns: tracks shifted by the clip's measured audio/mouth offset; "
+            "'own audio': a ridge regression on the speaker's own mel (8 frames back, 2 ahead) trained on one half "
+            "of the clip and scored on the other (`own_audio_ridge`), raw / offset.",
             "",
-            "| held out | frames | jawOpen r | mouth mean r | offset (frames) | jawOpen r (offset) | mouth mean r (offset) | loudness baseline jawOpen r |",
-            "|---|---|---|---|---|---|---|---|",
+            "| held out | frames | jawOpen r | mouth mean r | offset (frames) | jawOpen r (offset) | mouth mean r (offset) | loudness baseline jawOpen r | own audio ridge jawOpen r |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in lo["rows"]:
             never = " (never trained on)" if r.get("held_out_only") else ""
             lines.append(
                 f"| {r['clip']}{never} | {r['frames']} | {r['jawOpen_r']:.3f} | {r['mouth_mean_r']:.3f} | {r['av_offset_frames']} | "
-                f"{r['jawOpen_r_offset']:.3f} | {r['mouth_mean_r_offset']:.3f} | {r['loudness_baseline_jawOpen_r']:.3f} |"
+                f"{r['jawOpen_r_offset']:.3f} | {r['mouth_mean_r_offset']:.3f} | {r['loudness_baseline_jawOpen_r']:.3f} | "
+                f"{r['own_audio_ridge_jawOpen_r']:.3f} / {r['own_audio_ridge_jawOpen_r_offset']:.3f} |"
             )
         lines += [
             "",
