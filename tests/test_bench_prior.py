@@ -2,6 +2,10 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
+from avatar3d import prior as P
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,9 +35,6 @@ def test_held_out_only_clips_are_scored_but_never_trained_on(monkeypatch):
 def test_own_audio_ridge_finds_what_the_audio_says_and_not_past_the_look_ahead():
     """jawOpen driven by the audio 6 frames later: beyond the 2-frame look-ahead the raw tracks are
     unpredictable, shifted by the clip's 6-frame offset they are predictable."""
-    import numpy as np
-    from avatar3d import prior as P
-
     bench = _bench_module()
     rng = np.random.default_rng(0)
     n, m = 1000, len(P.MOTION_NAMES)
