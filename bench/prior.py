@@ -42,7 +42,8 @@ from avatar3d.fsutil import write_json  # noqa: E402
 
 EXPECTED = REPO / "tests" / "data" / "prior_expected.json"
 FINETUNE_STEPS = 300  # per-identity fine-tuning in the LOSO folds (as fit would)
-RIDGE_LAGS = tuple(range(-8, 3))  # own-audio ridge context: 8 frames back, 2 ahead (the prior's look-ahead)
+RIDGE_BACK = 8  # own-audio ridge context: frames before each frame, and as many ahead as the prior hears
+RIDGE_LAGS = tuple(range(-RIDGE_BACK, P.PriorNetConfig().lookahead + 1))
 RIDGE_LAMBDA = 1e3
 
 
@@ -228,8 +229,8 @@ def markdown(result: dict) -> str:
         lines += [
             f"Leave-one-speaker-out ({lo['steps']} steps per prior, CPU). r = Pearson of predicted vs tracked "
             "over the held-out clip; 'offset' columns: tracks shifted by the clip's measured audio/mouth offset; "
-            "'own audio': a ridge regression on the speaker's own mel (8 frames back, 2 ahead) trained on one half "
-            "of the clip and scored on the other (`own_audio_ridge`), raw / offset.",
+            f"'own audio': a ridge regression on the speaker's own mel ({-RIDGE_LAGS[0]} frames back, {RIDGE_LAGS[-1]} "
+            "ahead) trained on one half of the clip and scored on the other (`own_audio_ridge`), raw / offset.",
             "",
             "| held out | frames | jawOpen r | mouth mean r | offset (frames) | jawOpen r (offset) | mouth mean r (offset) | loudness baseline jawOpen r | own audio ridge jawOpen r |",
             "|---|---|---|---|---|---|---|---|---|",
