@@ -4,6 +4,10 @@ Reads ``audio.wav`` (16 kHz mono, exactly ``num_frames * 640`` samples) and writ
 ``features/<encoder>.npy`` per encoder, ``[num_frames, *frame_shape] float32`` (see
 :mod:`avatar3d.audio` for each encoder's layout). Precomputed ``.npy`` features from other
 projects can be brought in too; they are resampled to the 25 fps frames.
+
+With the ``mel`` features the stage also measures how far the audio trails the mouth (from the
+tracked jawOpen, see :func:`measure_av_offset`) and reports it: a source whose sound is out of
+sync with its picture is worth knowing about before an avatar is fitted to it.
 """
 from __future__ import annotations
 
@@ -14,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from avatar3d import audio as A
-from avatar3d.dataset import SAMPLES_PER_FRAME, DatasetPaths, Manifest
+from avatar3d.dataset import FPS, SAMPLES_PER_FRAME, DatasetPaths, Manifest, load_tracks
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
 
-VERSION = 1
+VERSION = 2  # 2: mel stats carry the audio/mouth offset
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,30 @@ def _save(path: Path, arr: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(arr, np.float32))
 
 
+def measure_av_offset(paths: DatasetPaths, mel: np.ndarray) -> dict:
+    """How far the dataset's audio trails its mouth, from ``mel`` features ``[N, 4, 80]`` and the
+    tracked jawOpen (tracks.npz): ``{"frames": int, "ms": int, "r": float, "r_in_sync": float}``,
+    the lag in +-``TrainHyper.max_offset`` frames where jawOpen and the speech loudness
+    correlate best (:func:`avatar3d.prior.av_offset`, what prior training and fine-tuning shift
+    the tracks by), that correlation, and the one at lag 0. Positive: the sound comes late. All
+    None when too few frames are tracked to tell."""
+    from avatar3d.prior import JAW_OPEN, TrainHyper, av_offset, motion_from_blendshapes
+
+    tracks = load_tracks(paths.root)
+    jaw = motion_from_blendshapes(tracks["blendshapes"])[:, JAW_OPEN]
+    valid = np.asarray(tracks["valid"], bool)
+    lag, r = av_offset(mel, jaw, valid, TrainHyper().max_offset)
+    _, r_in_sync = av_offset(mel, jaw, valid, 0)
+    if r < -1:  # too few tracked frames to correlate
+        return {"frames": None, "ms": None, "r": None, "r_in_sync": None}
+    return {"frames": int(lag), "ms": int(round(1000 * lag / FPS)), "r": round(r, 3), "r_in_sync": round(r_in_sync, 3)}
+
+
 def run_audio_features(paths: DatasetPaths, manifest: Manifest, config: AudioFeatureConfig) -> dict:
     """Write ``paths.features(name)`` for every configured encoder; return stats for report.json.
 
     Returns ``{name: {"shape": [...], "seconds": float, "mean": float, "std": float,
-    "silent_fraction": float (mel only)}}``.
+    "silent_fraction": float, "av_offset": dict (mel only, see measure_av_offset)}}``.
     """
     for name in config.encoders:
         A.get_encoder(name)  # fail on a typo before any work
@@ -81,6 +104,7 @@ def run_audio_features(paths: DatasetPaths, manifest: Manifest, config: AudioFea
         if name == "mel":
             # A frame is silent when its loudest mel band is below -60 dB re full scale.
             entry["silent_fraction"] = float((feats.max(axis=(1, 2)) < (-6 + 4) / 4).mean())
+            entry["av_offset"] = measure_av_offset(paths, feats)
         stats[name] = entry
     for src, name in zip(config.precomputed, names_pre):
         t0 = time.perf_counter()

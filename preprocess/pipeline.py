@@ -220,11 +220,36 @@ def _report(manifest: Manifest, stats: dict[str, dict], root: Path) -> dict:
         "reprojection_px_median": pose.get("reprojection_px_median"),
         "reprojection_px_p95": pose.get("reprojection_px_p95"),
         "jitter": pose.get("jitter"),
+        "av_offset_ms": _av_offset(stats).get("ms"),
         "timings_s": {name: round(rec.seconds, 3) for name, rec in manifest.stages.items()},
         "total_stage_seconds": round(sum(rec.seconds for rec in manifest.stages.values()), 3),
         "dataset_bytes": _dir_bytes(root),
         "stages": stats,
     })
+
+
+AV_OFFSET_WARN_FRAMES = 3  # 120 ms: mouths lead their sound by a frame or so; this is beyond it
+
+
+def _av_offset(stats: dict[str, dict]) -> dict:
+    """The audio_features stage's audio/mouth offset (see ``measure_av_offset``), or {}."""
+    return dict(stats.get("audio_features", {}).get("mel", {}).get("av_offset") or {})
+
+
+def av_offset_warning(offset: dict) -> str | None:
+    """A line for the user when the audio is clearly out of sync with the mouth, else None: the
+    best lag is ``AV_OFFSET_WARN_FRAMES`` or more, and correlates better than lag 0 by 0.1 or more
+    (a speaker's jaw/loudness r can be as low as 0.1-0.3 in sync: Lieu's clip, whose audio trails
+    by 6 frames, reads 0.17 there and -0.11 in sync)."""
+    frames, r, r0 = offset.get("frames"), offset.get("r"), offset.get("r_in_sync")
+    if frames is None or r is None or abs(frames) < AV_OFFSET_WARN_FRAMES or r - r0 < 0.1:
+        return None
+    way = "trails" if frames > 0 else "leads"
+    return (
+        f"avatar3d preprocess: warning: the audio {way} the mouth by {abs(offset['ms'])} ms "
+        f"({abs(frames)} frames; jawOpen/loudness r {r:.2f} there, {offset['r_in_sync']:.2f} in sync): "
+        "prior training and fine-tuning shift the tracks by it, but check the source's sync"
+    )
 
 
 def _say(message: str) -> None:
@@ -322,4 +347,7 @@ def run_preprocess(config: PreprocessConfig) -> Path:
         f"tracked {100 * (report['tracked_fraction'] or 0):.1f}%, reprojection median "
         f"{report['reprojection_px_median']} px (p95 {report['reprojection_px_p95']}), {mb:.1f} MB, {wall:.1f} s"
     )
+    warning = av_offset_warning(_av_offset(stats))
+    if warning:
+        _say(warning)
     return output

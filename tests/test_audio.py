@@ -9,9 +9,10 @@ import pytest
 import soundfile as sf
 
 from avatar3d import audio as A
-from avatar3d.dataset import AUDIO_RATE, FORMAT_VERSION, DatasetPaths, Manifest, default_split
+from avatar3d.dataset import AUDIO_RATE, FORMAT_VERSION, DatasetPaths, Manifest, blendshape_index, default_split
 from avatar3d.errors import UserError
 from avatar3d.preprocess.audio_features import AudioFeatureConfig, run_audio_features
+from avatar3d.preprocess.pipeline import av_offset_warning
 
 
 def _tone(freq: float, seconds: float, amp: float = 0.5) -> np.ndarray:
@@ -155,9 +156,17 @@ def _dataset(tmp_path, n: int, extra_samples: int = 0) -> tuple[DatasetPaths, Ma
     return paths, manifest
 
 
+def _write_jaw_tracks(paths: DatasetPaths, jaw: np.ndarray) -> None:
+    """tracks.npz with every frame tracked and only jawOpen moving ([N])."""
+    blendshapes = np.zeros((len(jaw), 52), np.float32)
+    blendshapes[:, blendshape_index("jawOpen")] = jaw
+    np.savez_compressed(paths.tracks, blendshapes=blendshapes, valid=np.ones(len(jaw), bool))
+
+
 def test_run_audio_features_stage(tmp_path):
     n = 50
     paths, manifest = _dataset(tmp_path, n)
+    _write_jaw_tracks(paths, np.zeros(n))  # a still jaw: no offset can be told
     np.save(tmp_path / "aud_hu.npy", np.ones((2 * n, 2, 1024), np.float32))
     cfg = AudioFeatureConfig(encoders=("mel",), precomputed=(tmp_path / "aud_hu.npy",))
     stats = run_audio_features(paths, manifest, cfg)
@@ -167,8 +176,32 @@ def test_run_audio_features_stage(tmp_path):
     assert np.load(paths.features("aud_hu")).shape == (n, 2, 1024)
     assert stats["mel"]["shape"] == [n, 4, 80]
     assert abs(stats["mel"]["silent_fraction"] - 0.5) <= 0.04  # second half is digital silence
+    assert stats["mel"]["av_offset"] == {"frames": None, "ms": None, "r": None, "r_in_sync": None}
     json.dumps(stats)  # report.json-ready
     assert not [p for p in paths.features_dir.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("lag", [-2, 0, 5])
+def test_audio_features_measure_how_far_the_audio_trails_the_mouth(tmp_path, lag):
+    """Syllables of a tone on random frames; the jaw opens ``lag`` frames before each one sounds."""
+    n = 120
+    paths, manifest = _dataset(tmp_path, n)
+    rng = np.random.default_rng(7)
+    sounding = rng.random(n + 20) < 0.4  # frames -10 .. n+9
+    audio = np.zeros(n * 640, np.float32)
+    for k in np.flatnonzero(sounding[10 : 10 + n]):
+        audio[k * 640 : (k + 1) * 640] = _tone(700, 640 / AUDIO_RATE, 0.4)
+    sf.write(paths.audio, audio, AUDIO_RATE, subtype="PCM_16")
+    _write_jaw_tracks(paths, sounding[10 + lag : 10 + lag + n].astype(np.float32) * 0.6)
+    offset = run_audio_features(paths, manifest, AudioFeatureConfig())["mel"]["av_offset"]
+    assert offset["frames"] == lag and offset["ms"] == 40 * lag
+    assert offset["r"] > 0.5
+    warning = av_offset_warning(offset)
+    if lag == 5:
+        assert offset["r_in_sync"] < 0.3
+        assert "the audio trails the mouth by 200 ms" in warning
+    else:
+        assert warning is None  # within a couple of frames: how mouths and sound go together
 
 
 def test_run_audio_features_rejects_bad_input(tmp_path):
