@@ -157,7 +157,10 @@ class Avatar(nn.Module):
         face = Gaussians.empty_like_state({k[len("face."):]: v for k, v in state.items() if k.startswith("face.")})
         mouth = Gaussians.empty_like_state({k[len("mouth."):]: v for k, v in state.items() if k.startswith("mouth.")})
         avatar = Avatar(spec, face, mouth)
-        avatar.load_state_dict(state)
+        defaults = avatar.state_dict()
+        # runs fitted before the code was clamped to its training range stay unclamped
+        unclamped = {k: defaults[k] for k in ("face_deform.motion_lo", "face_deform.motion_hi")}
+        avatar.load_state_dict({**unclamped, **state})
         return avatar
 
     @staticmethod

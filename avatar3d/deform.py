@@ -29,6 +29,10 @@ MOUTH_CODE_NAMES: tuple[str, ...] = (
 
 
 LOWER_FACE_SOFT_CM = 0.5  # width of the blend between lower and upper face (see FaceDeformer.upper_face)
+MOTION_RANGE_QUANTILE = 0.005  # the code is clamped per channel to the training frames' 0.5-99.5 %
+# range (FaceDeformer.condition). Outside it the field extrapolates: on the CNN clip a pause whose
+# tracked mouthShrugLower is 0.93 (training p99.5 about 0.5, max 0.86) tore holes in the lips and
+# cheek of a `small` avatar (the plate showing through); clamped, it renders shut (BENCHMARKS #6).
 POS_FREQS = 3  # low-frequency sin/cos of the position beside the hash grid (smooth, immediate)
 
 
@@ -100,6 +104,9 @@ class FaceDeformer(nn.Module):
         # otherwise be drowned by the large, mostly irrelevant eye channels
         self.register_buffer("motion_mean", torch.zeros(motion_dim))
         self.register_buffer("motion_scale", torch.ones(motion_dim))
+        # the range of codes the field is fitted on (raw blendshape units; +-inf: not clamped)
+        self.register_buffer("motion_lo", torch.full((motion_dim,), -math.inf))
+        self.register_buffer("motion_hi", torch.full((motion_dim,), math.inf))
         self.motion_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
         # The channels the audio prior drives (jaw, lips, cheeks) and the rest (eyes, brows, nose)
         # are encoded apart, and the rest reach only the face above ``lower_face_y`` (canonical
@@ -152,9 +159,13 @@ class FaceDeformer(nn.Module):
     @torch.no_grad()
     def set_motion_stats(self, motion: torch.Tensor, min_scale: float = 0.02) -> None:
         """Standardise the motion code with the mean and standard deviation (floored at
-        ``min_scale``) of ``motion`` [T, M], the training frames' blendshapes."""
+        ``min_scale``) of ``motion`` [T, M], the training frames' blendshapes, and clamp it to
+        their ``MOTION_RANGE_QUANTILE`` .. 1 - ``MOTION_RANGE_QUANTILE`` range per channel."""
+        motion = motion.float()
         self.motion_mean.copy_(motion.mean(0))
         self.motion_scale.copy_(motion.std(0).clamp(min=min_scale))
+        self.motion_lo.copy_(torch.quantile(motion, MOTION_RANGE_QUANTILE, dim=0))
+        self.motion_hi.copy_(torch.quantile(motion, 1 - MOTION_RANGE_QUANTILE, dim=0))
 
     @torch.no_grad()
     def set_lower_face(self, y: float) -> None:
@@ -172,6 +183,7 @@ class FaceDeformer(nn.Module):
     def condition(self, motion: torch.Tensor, audio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Conditioning features of the speech channels (plus audio) and of the other channels.
         motion [B, M], audio [B, W, A] or None -> ([B, C], [B, C])"""
+        motion = torch.minimum(torch.maximum(motion, self.motion_lo), self.motion_hi)
         z = (motion - self.motion_mean) / self.motion_scale
         speech = self.speech_channels.to(z.dtype)
         c = self.motion_net(z * speech)

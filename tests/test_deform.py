@@ -46,3 +46,35 @@ def test_speech_channels_move_the_lower_face():
     with torch.no_grad():
         change = (field(points, a, None).d_means - field(points, b, None).d_means).abs().max()
     assert change > 1e-2
+
+
+def test_the_code_is_clamped_to_the_range_it_was_fitted_on():
+    """Beyond the training frames' 0.5-99.5 % range a channel acts as at the range's edge (the
+    field extrapolates badly there); within it nothing is clamped."""
+    field = _field()
+    points = torch.tensor([[0.0, 5.0, 0.0]])
+    k = blendshape_index("mouthShrugLower")
+    g = torch.Generator().manual_seed(1)
+    train = torch.rand(1000, len(BLENDSHAPE_NAMES), generator=g) * 0.5  # every channel in [0, 0.5)
+    field.set_motion_stats(train)
+    lo, hi = float(field.motion_lo[k]), float(field.motion_hi[k])
+    assert 0.0 <= lo < 0.01 and 0.49 < hi <= 0.5
+
+    def moved(value: float) -> torch.Tensor:
+        code = torch.full((1, len(BLENDSHAPE_NAMES)), 0.25)
+        code[0, k] = value
+        with torch.no_grad():
+            return field(points, code, None).d_means
+
+    assert torch.equal(moved(0.93), moved(hi)) and torch.equal(moved(-0.5), moved(lo))
+    assert (moved(0.4) - moved(0.1)).abs().max() > 1e-3  # inside the range the channel still acts
+
+
+def test_a_field_without_fitted_stats_does_not_clamp():
+    field = _field()
+    points = torch.tensor([[0.0, 5.0, 0.0]])
+    code = torch.zeros(1, len(BLENDSHAPE_NAMES))
+    far = code.clone()
+    far[0, blendshape_index("jawOpen")] = 50.0
+    with torch.no_grad():
+        assert not torch.equal(field(points, code, None).d_means, field(points, far, None).d_means)

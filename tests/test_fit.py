@@ -33,7 +33,10 @@ from avatar3d.fit import (
     closed_mouth_canonical,
     init_avatar,
     landmark_guidance,
+    lip_box,
+    shut_cover_loss,
     swap_other_channels,
+    turned,
     load_fit_data,
     params_from_json,
     resolve_preset,
@@ -42,7 +45,7 @@ from avatar3d.fit import (
 from avatar3d.gaussians import StrategyConfig
 from avatar3d.metrics import MOUTH_LANDMARKS
 from avatar3d.ply import read_ply
-from avatar3d.rasterize import Camera, rasterize
+from avatar3d.rasterize import Camera, rasterize, rasterize_full
 
 SIZE = 64
 FRAMES = 30
@@ -281,6 +284,9 @@ def test_landmark_guidance_teaches_the_field_where_the_lips_go(synthetic):
     data = load_fit_data(synthetic, params)
     torch.manual_seed(0)
     avatar = init_avatar(data, params, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the guidance alone: on this short clip the code's 0.5-99.5 % range
+        avatar.face_deform.motion_lo.fill_(-math.inf)  # clamps the widest frames, which this
+        avatar.face_deform.motion_hi.fill_(math.inf)  # test compares (see test_deform)
     inner_upper, inner_lower = 13, 14  # inner-lip midpoints (MOUTH_LANDMARKS)
 
     def guidance(i: int) -> torch.Tensor:
@@ -381,6 +387,50 @@ def test_an_avatar_from_another_version_is_a_user_error(synthetic, tmp_path):
     torch.save(state, tmp_path / "avatar.pt")
     with pytest.raises(UserError, match="does not fit this version of avatar3d.*avatar3d fit"):
         Avatar.load(tmp_path)
+
+
+def test_an_avatar_fitted_before_the_code_range_loads_unclamped(synthetic, tmp_path):
+    params = _params()
+    avatar = init_avatar(load_fit_data(synthetic, params), params, torch.Generator().manual_seed(0))
+    assert torch.isfinite(avatar.face_deform.motion_hi).all()  # fit sets the training range
+    avatar.save(tmp_path)
+    state = torch.load(tmp_path / "avatar.pt", weights_only=True)
+    del state["face_deform.motion_lo"], state["face_deform.motion_hi"]
+    torch.save(state, tmp_path / "avatar.pt")
+    old = Avatar.load(tmp_path)
+    assert torch.isinf(old.face_deform.motion_lo).all() and torch.isinf(old.face_deform.motion_hi).all()
+
+
+def test_shut_cover_loss_renders_the_turned_lip_box_and_moves_only_the_face(synthetic):
+    """The loss is the mouth branch's share over the lip box of a render from the turned pose
+    (the box alone is rasterized: it must match the same box of a whole-window render), and its
+    gradient reaches the face Gaussians but not the mouth branch's."""
+    params = _params(shut_jitter_deg=3.0)
+    data = load_fit_data(synthetic, params)
+    avatar = init_avatar(data, params, torch.Generator().manual_seed(0))
+    i = int(data.train[0])
+    cond = data.conditioning(i, params.audio_window, "cpu")
+    loss = shut_cover_loss(avatar, data, i, cond, params, torch.Generator().manual_seed(3), "cpu")
+
+    turn = (torch.rand(2, generator=torch.Generator().manual_seed(3)) * 2 - 1) * params.shut_jitter_deg
+    assert float(turn.abs().max()) > 0.5  # the pose is turned
+    R = turned(data.R[i], float(turn[0]), float(turn[1]))
+    x0, y0, x1, y1 = lip_box(avatar, data, i, cond, R, "cpu")
+    assert x1 > x0 and y1 > y0
+    S = data.window.size
+    cam = Camera.from_pose(data.K, R, data.t[i], S, S)
+    with torch.no_grad():
+        g, _ = avatar.deformed(cond)
+        is_mouth = torch.zeros(len(g["means"]), 1)
+        is_mouth[len(avatar.face):] = 1.0
+        full = rasterize_full(g["means"], g["quats"], g["scales"], g["opacities"], is_mouth, cam.K, cam.viewmat, S, S)
+    expected = float((full.rgb[y0:y1, x0:x1, 0] ** 2).mean())
+    assert expected > 1e-4  # the mouth branch shows through the untrained lips
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
+
+    loss.backward()
+    assert float(avatar.face.params["opacities"].grad.abs().sum()) > 0
+    assert all(p.grad is None or not p.grad.any() for p in avatar.mouth.params.values())
 
 
 def test_closed_mouth_canonical_takes_the_lips_of_the_shut_frames():
