@@ -31,8 +31,9 @@ MOUTH_CODE_NAMES: tuple[str, ...] = (
 LOWER_FACE_SOFT_CM = 0.5  # width of the blend between lower and upper face (see FaceDeformer.upper_face)
 MOTION_RANGE_QUANTILE = 0.005  # the code is clamped per channel to the training frames' 0.5-99.5 %
 # range (FaceDeformer.condition). Outside it the field extrapolates: on the CNN clip a pause whose
-# tracked mouthShrugLower is 0.93 (training p99.5 about 0.5, max 0.86) tore holes in the lips and
-# cheek of a `small` avatar (the plate showing through); clamped, it renders shut (BENCHMARKS #6).
+# tracked mouthShrugLower is 0.93 tore holes in the lips and cheek of a `small` avatar (the plate
+# showing through). Clamped to this range (mouthShrugLower 0.79) it renders shut; clamped to the
+# training min/max (0.86) its lips stayed ragged (BENCHMARKS #6, session 11).
 POS_FREQS = 3  # low-frequency sin/cos of the position beside the hash grid (smooth, immediate)
 
 
