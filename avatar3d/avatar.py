@@ -114,27 +114,37 @@ class Avatar(nn.Module):
         }
         return attrs, d
 
-    def render_full(
-        self, cond: Conditioning, camera: Camera, backend: Backend = "auto", mouth_share: bool = False
-    ) -> tuple[RasterResult, Deformation]:
-        """Render one frame, keeping the projected means (face Gaussians first, for densification)
-        and the face deformation (for its regulariser).
+    def is_mouth(self, like: torch.Tensor) -> torch.Tensor:
+        """1 for the mouth-branch Gaussians, 0 for the face's, as a colour channel (dtype and
+        device of ``like``). [N, 1]"""
+        flags = torch.zeros(len(self.face) + len(self.mouth), 1, device=like.device, dtype=like.dtype)
+        flags[len(self.face):] = 1.0
+        return flags
+
+    def draw(
+        self, g: dict[str, torch.Tensor], camera: Camera, backend: Backend = "auto", mouth_share: bool = False
+    ) -> RasterResult:
+        """Rasterize attributes ``g`` from :meth:`deformed`, keeping the projected means (face
+        Gaussians first, for densification).
 
         With ``mouth_share`` the result's ``rgb`` has a 4th channel: the part of each pixel's alpha
         that the mouth-branch Gaussians contribute (the face branch's part is ``alpha`` minus it),
         rendered in the same pass as an extra colour channel. [H, W, 4]
         """
-        g, d = self.deformed(cond)
         colors = g["colors"]
         if mouth_share:
-            is_mouth = torch.zeros(colors.shape[0], 1, device=colors.device, dtype=colors.dtype)
-            is_mouth[len(self.face):] = 1.0
-            colors = torch.cat([colors, is_mouth], dim=-1)
-        out = rasterize_full(
+            colors = torch.cat([colors, self.is_mouth(colors)], dim=-1)
+        return rasterize_full(
             g["means"], g["quats"], g["scales"], g["opacities"], colors,
             camera.K, camera.viewmat, camera.width, camera.height, backend=backend,
         )
-        return out, d
+
+    def render_full(
+        self, cond: Conditioning, camera: Camera, backend: Backend = "auto", mouth_share: bool = False
+    ) -> tuple[RasterResult, Deformation]:
+        """Render one frame (:meth:`draw`), keeping the face deformation (for its regulariser)."""
+        g, d = self.deformed(cond)
+        return self.draw(g, camera, backend, mouth_share), d
 
     def render(self, cond: Conditioning, camera: Camera, backend: Backend = "auto") -> torch.Tensor:
         """RGBA of the head for one frame: [H, W, 4], colour premultiplied by alpha."""

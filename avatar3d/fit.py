@@ -45,7 +45,7 @@ from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
 from avatar3d.gaussians import DensifyStrategy, Gaussians, StrategyConfig, make_optimizer
 from avatar3d.metrics import MOUTH_LANDMARKS, crop_to_ssim, detect_landmarks, lmd, psnr, ssim, ssim_map
-from avatar3d.rasterize import Backend, Camera, rasterize_full
+from avatar3d.rasterize import Backend, Camera
 from avatar3d.sync import mouth_opening
 
 CHECKPOINT = "checkpoint.pt"
@@ -636,12 +636,14 @@ def lip_box(
 
 
 def shut_cover_loss(
-    avatar: Avatar, data: FitData, i: int, cond: Conditioning, params: FitParams, generator: torch.Generator, device
+    avatar: Avatar, data: FitData, i: int, cond: Conditioning, g: dict[str, torch.Tensor], params: FitParams,
+    generator: torch.Generator, device,
 ) -> torch.Tensor:
     """The mouth branch's alpha share, squared, averaged over frame i's :func:`lip_box`, rendered
     from frame i's head pose turned by a random pitch and yaw in +-``params.shut_jitter_deg``
-    with the mouth Gaussians detached (their share falls only by the face covering them). Only
-    the box is rasterized. Scalar (see ``FitParams.w_shut_cover``)."""
+    with the mouth Gaussians of ``g`` (frame i's :meth:`Avatar.deformed` attributes) detached:
+    their share falls only by the face covering them. Only the box is rasterized. Scalar (see
+    ``FitParams.w_shut_cover``)."""
     turn = (torch.rand(2, generator=generator) * 2 - 1) * params.shut_jitter_deg
     R = turned(data.R[i], float(turn[0]), float(turn[1]))
     x0, y0, x1, y1 = lip_box(avatar, data, i, cond, R, device)
@@ -650,15 +652,10 @@ def shut_cover_loss(
     side = max(x1 - x0, y1 - y0)
     S = data.window.size
     cam = Camera.from_pose(data.K, R, data.t[i], S, S, device).crop_resize(x0, y0, side, side)
-    g, _ = avatar.deformed(cond)
     nf = len(avatar.face)
-    g = {k: torch.cat([v[:nf], v[nf:].detach()]) for k, v in g.items()}
-    is_mouth = torch.zeros(len(g["means"]), 1, device=device)
-    is_mouth[nf:] = 1.0
-    out = rasterize_full(
-        g["means"], g["quats"], g["scales"], g["opacities"], is_mouth,
-        cam.K, cam.viewmat, cam.width, cam.height, backend=params.backend,
-    )
+    frozen = {k: torch.cat([v[:nf], v[nf:].detach()]) for k, v in g.items()}
+    frozen["colors"] = avatar.is_mouth(frozen["colors"])
+    out = avatar.draw(frozen, cam, params.backend)
     return (out.rgb[: y1 - y0, : x1 - x0, 0] ** 2).mean()
 
 
@@ -754,7 +751,8 @@ class Trainer:
         if params.swap_other_channels and float(torch.rand((), generator=self.generator)) < params.swap_other_channels:
             j = int(data.train[torch.randint(len(data.train), (1,), generator=self.generator)])
             cond = swap_other_channels(cond, data.motion[j].to(device))
-        out, d = self.avatar.render_full(cond, data.camera(i, device), params.backend, mouth_share=True)
+        g, d = self.avatar.deformed(cond)
+        out = self.avatar.draw(g, data.camera(i, device), params.backend, mouth_share=True)
         DensifyStrategy.retain(out.means2d)
         rgb, mouth_alpha = out.rgb[..., :3], out.rgb[..., 3:]
         pred = composite(torch.cat([rgb, out.alpha], -1), target.background)
@@ -765,8 +763,10 @@ class Trainer:
             loss = loss + params.w_deform * (d.d_means**2).sum(-1).mean()
         if params.w_landmarks:
             loss = loss + params.w_landmarks * landmark_guidance(self.avatar, data, i, cond, device)
-        if params.w_shut_cover and float(target.mouth.max()) < 0.5:
-            loss = loss + params.w_shut_cover * shut_cover_loss(self.avatar, data, i, cond, params, self.generator, device)
+        if params.w_shut_cover and int(data.mouth[i].max()) < 128:  # the mouth mask is empty: shut
+            loss = loss + params.w_shut_cover * shut_cover_loss(
+                self.avatar, data, i, cond, g, params, self.generator, device
+            )
         for opt in (self.opt_face, self.opt_mouth, self.opt_net):
             opt.zero_grad(set_to_none=True)
         loss.backward()
