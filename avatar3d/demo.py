@@ -1,6 +1,6 @@
 """``avatar3d demo``: the whole path on a subject the project makes itself, no user data, no network.
 
-1. synth: a seeded synthetic talking head (avatar3d.synth) -> DIR/subject/clip.mp4 + ground truth
+1. synth: a seeded synthetic talking head (avatar3d.synth.subject) -> DIR/subject/clip.mp4 + ground truth
 2. preprocess: the real pipeline -> DIR/data
 3. fit: preset tiny on CPU, default on CUDA -> DIR/run
 4. render: the avatar speaking a second synthesised sentence -> DIR/demo.mp4
@@ -21,7 +21,7 @@ import numpy as np
 import tyro
 
 from avatar3d import fsutil
-from avatar3d.dataset import AUDIO_RATE
+from avatar3d.core.dataset import AUDIO_RATE
 from avatar3d.errors import UserError
 
 
@@ -71,11 +71,11 @@ def write_wav(path: Path, audio: np.ndarray, rate: int = AUDIO_RATE) -> None:
 def run_demo(config: DemoConfig) -> dict:
     import torch
 
-    from avatar3d.evaluate import EvalConfig, run_eval
+    from avatar3d.drive.evaluate import EvalConfig, run_eval
     from avatar3d.fit import FitConfig, run_fit
     from avatar3d.preprocess.pipeline import PreprocessConfig, run_preprocess
-    from avatar3d.render import RenderConfig, run_render
-    from avatar3d.synth import SynthConfig, SynthPaths, run_synth, speech_audio
+    from avatar3d.drive.render import RenderConfig, run_render
+    from avatar3d.synth.subject import SynthConfig, SynthPaths, run_synth, speech_audio
 
     root = Path(config.output)
     if config.force and root.exists():

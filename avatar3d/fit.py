@@ -17,7 +17,7 @@ RUN is built in ``.RUN.partial`` beside it (checkpoints land there, atomically) 
 the end; ``--resume`` continues a killed fit from its last checkpoint. A finished RUN holds::
 
     config.json     the FitConfig and the FitParams used (read back with a JSON loader)
-    avatar.json     the avatar's spec; avatar.pt its weights (see avatar3d.avatar.Avatar.load)
+    avatar.json     the avatar's spec; avatar.pt its weights (see avatar3d.gaussian.avatar.Avatar.load)
     avatar.ply      the canonical Gaussians as a standard 3DGS .ply
     metrics.json    val-split PSNR / SSIM (full window and head region), LMD (mouth, px), timings
     val.png         val frames, rows of prediction | truth | error (mouth closed ... open)
@@ -38,15 +38,15 @@ import torch.nn.functional as F
 import tyro
 
 from avatar3d import fsutil
-from avatar3d.avatar import Avatar, AvatarSpec, Conditioning, composite, downsample
-from avatar3d.dataset import DatasetPaths, Label, blendshape_index, load_tracks, read_manifest
-from avatar3d.deform import MOUTH_CODE_NAMES, DeformConfig
+from avatar3d.gaussian.avatar import Avatar, AvatarSpec, Conditioning, composite, downsample
+from avatar3d.core.dataset import DatasetPaths, Label, blendshape_index, load_tracks, read_manifest
+from avatar3d.gaussian.deform import MOUTH_CODE_NAMES, DeformConfig
 from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
-from avatar3d.gaussians import DensifyStrategy, Gaussians, StrategyConfig, make_optimizer
-from avatar3d.metrics import MOUTH_LANDMARKS, crop_to_ssim, detect_landmarks, lmd, psnr, ssim, ssim_map
-from avatar3d.rasterize import Backend, Camera
-from avatar3d.sync import mouth_opening
+from avatar3d.gaussian.gaussians import DensifyStrategy, Gaussians, StrategyConfig, make_optimizer
+from avatar3d.drive.metrics import MOUTH_LANDMARKS, crop_to_ssim, detect_landmarks, lmd, psnr, ssim, ssim_map
+from avatar3d.gaussian.rasterize import Backend, Camera
+from avatar3d.drive.sync import mouth_opening
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG_FILE = "config.json"
@@ -99,7 +99,7 @@ class FitParams:
     and tongue are drawn by the mouth branch and lips and skin by the face branch."""
     swap_other_channels: float = 0.5
     """Probability per step that the blendshapes the audio prior does not drive (eyes, brows,
-    nose: all but ``avatar3d.prior.MOTION_NAMES``) come from another random training frame. At
+    nose: all but ``avatar3d.audio.prior.MOTION_NAMES``) come from another random training frame. At
     render time they do (the pose trajectory's frames), so the field must not learn to read the
     mouth's shape from them (on Obama it did: shut-mouth codes with an open frame's eye/brow
     channels rendered a mouth opening of 0.054 instead of 0.020)."""
@@ -313,8 +313,8 @@ def _head_window(head_union: np.ndarray, margin: float, frame_size: int) -> tupl
 
 def load_fit_data(data_dir: Path, params: FitParams) -> FitData:
     """Read a dataset and resample it to the fit window."""
-    from avatar3d.masks import iter_masks
-    from avatar3d.video import iter_frames
+    from avatar3d.core.masks import iter_masks
+    from avatar3d.core.video import iter_frames
 
     import cv2
 
@@ -580,7 +580,7 @@ def fit_loss(pred: torch.Tensor, alpha: torch.Tensor, target: Target, params: Fi
 def swap_other_channels(cond: Conditioning, other: torch.Tensor) -> Conditioning:
     """``cond`` with the blendshapes outside the prior's motion code (``MOTION_INDEX``) taken from
     ``other`` [52] (another frame's blendshapes)."""
-    from avatar3d.prior import MOTION_INDEX
+    from avatar3d.audio.prior import MOTION_INDEX
 
     keep = torch.zeros(cond.motion.shape[-1], dtype=torch.bool, device=cond.motion.device)
     keep[list(MOTION_INDEX)] = True
@@ -868,7 +868,7 @@ def finetune_identity_prior(data_dir: Path, out: Path, steps: int, device) -> st
     """Fine-tune the shipped audio-to-motion prior on the dataset's train split and save it to
     ``out`` (RUN/prior.pt). Returns a one-word description for metrics.json. Skipped (the generic
     prior is used) when ``steps`` is 0 or the dataset has no features for the prior's encoder."""
-    from avatar3d.prior import finetune_prior, load_prior, save_prior
+    from avatar3d.audio.prior import finetune_prior, load_prior, save_prior
 
     if steps <= 0:
         return "generic"
@@ -945,7 +945,7 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
 
     avatar = trainer.avatar.eval()
     avatar.save(work)
-    from avatar3d.ply import write_ply
+    from avatar3d.gaussian.ply import write_ply
 
     write_ply(work / "avatar.ply", avatar.face, avatar.mouth)
     prior_info = finetune_identity_prior(config.data, work / PRIOR_FILE, params.prior_finetune_steps, device)

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import tyro
 
-from avatar3d.evaluate import EvalConfig, run_eval
+from avatar3d.drive.evaluate import EvalConfig, run_eval
 from avatar3d.fsutil import atomic_path, write_json
-from avatar3d.render import RenderConfig, run_render
+from avatar3d.drive.render import RenderConfig, run_render
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = REPO.parent / "shared" / "data" / "audio"
@@ -144,7 +144,7 @@ def judge(ev: dict) -> dict:
         out["flicker_ratio"] = cross["torso_flicker"] / real["torso_flicker"]
         out["flicker_pass"] = bool(out["flicker_ratio"] <= FLICKER_RATIO)
     if cross.get("silent_frames") and cross.get("silent_settled_opening_median") is not None:
-        # bound: training p10 as the tracker reads it at the avatar's resolution (see avatar3d.evaluate);
+        # bound: training p10 as the tracker reads it at the avatar's resolution (see avatar3d.drive.evaluate);
         # the mouth's opening during the silence = median over the silent frames whose look-ahead is
         # silent too. Beside it: the same against the full-resolution p10, and every single frame.
         p10 = real["train_opening_p10_fit_resolution"]

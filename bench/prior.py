@@ -34,10 +34,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from avatar3d import audio as A  # noqa: E402
-from avatar3d import prior as P  # noqa: E402
-from avatar3d.sync import pearson  # noqa: E402
-from avatar3d.dataset import AUDIO_RATE  # noqa: E402
+from avatar3d.audio import features as A  # noqa: E402
+from avatar3d.audio import prior as P  # noqa: E402
+from avatar3d.drive.sync import pearson  # noqa: E402
+from avatar3d.core.dataset import AUDIO_RATE  # noqa: E402
 from avatar3d.fsutil import write_json  # noqa: E402
 
 EXPECTED = REPO / "tests" / "data" / "prior_expected.json"
@@ -200,7 +200,7 @@ def fresh_interpreter_test() -> dict:
             raise OSError("network disabled")
         socket.socket.connect = socket.socket.connect_ex = _no_network
         socket.create_connection = socket.getaddrinfo = _no_network
-        from avatar3d.prior import load_prior, predict_motion_from_audio, shipped_prior_path
+        from avatar3d.audio.prior import load_prior, predict_motion_from_audio, shipped_prior_path
         m = predict_motion_from_audio(load_prior(), np.load("/tmp/_prior_bench_audio.npy"))
         print(json.dumps({"where": str(shipped_prior_path()), "motion": m.tolist()}))
         """

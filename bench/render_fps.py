@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import tyro
 
-from avatar3d.avatar import Avatar, Conditioning
-from avatar3d.dataset import load_tracks, read_manifest
+from avatar3d.gaussian.avatar import Avatar, Conditioning
+from avatar3d.core.dataset import load_tracks, read_manifest
 from avatar3d.fsutil import write_json
-from avatar3d.rasterize import Camera, resolve_backend
+from avatar3d.gaussian.rasterize import Camera, resolve_backend
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Reads ``audio.wav`` (16 kHz mono, exactly ``num_frames * 640`` samples) and writes one
 ``features/<encoder>.npy`` per encoder, ``[num_frames, *frame_shape] float32`` (see
-:mod:`avatar3d.audio` for each encoder's layout). Precomputed ``.npy`` features from other
+:mod:`avatar3d.audio.features` for each encoder's layout). Precomputed ``.npy`` features from other
 projects can be brought in too; they are resampled to the 25 fps frames.
 
 With the ``mel`` features the stage also measures how far the audio trails the mouth (from the
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar3d import audio as A
-from avatar3d.dataset import FPS, SAMPLES_PER_FRAME, DatasetPaths, Manifest, load_tracks
+from avatar3d.audio import features as A
+from avatar3d.core.dataset import FPS, SAMPLES_PER_FRAME, DatasetPaths, Manifest, load_tracks
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
 
@@ -30,7 +30,7 @@ class AudioFeatureConfig:
     """Which audio features the dataset gets."""
 
     encoders: tuple[str, ...] = ("mel",)
-    """Audio encoders to run (see avatar3d.audio.ENCODERS): mel, whisper_tiny_en (needs the
+    """Audio encoders to run (see avatar3d.audio.features.ENCODERS): mel, whisper_tiny_en (needs the
     `audio` extra)."""
 
     precomputed: tuple[Path, ...] = ()
@@ -51,10 +51,10 @@ def measure_av_offset(paths: DatasetPaths, mel: np.ndarray) -> dict:
     """How far the dataset's audio trails its mouth, from ``mel`` features ``[N, 4, 80]`` and the
     tracked jawOpen (tracks.npz): ``{"frames": int, "ms": int, "r": float, "r_in_sync": float}``,
     the lag in +-``TrainHyper.max_offset`` frames where jawOpen and the speech loudness
-    correlate best (:func:`avatar3d.prior.av_offset`, what prior training and fine-tuning shift
+    correlate best (:func:`avatar3d.audio.prior.av_offset`, what prior training and fine-tuning shift
     the tracks by), that correlation, and the one at lag 0. Positive: the sound comes late. All
     None when too few frames are tracked to tell."""
-    from avatar3d.prior import JAW_OPEN, TrainHyper, av_offset, motion_from_blendshapes
+    from avatar3d.audio.prior import JAW_OPEN, TrainHyper, av_offset, motion_from_blendshapes
 
     tracks = load_tracks(paths.root)
     jaw = motion_from_blendshapes(tracks["blendshapes"])[:, JAW_OPEN]

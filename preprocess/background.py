@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avatar3d import video
-from avatar3d.dataset import DatasetPaths, Label, Manifest
+from avatar3d.core import video
+from avatar3d.core.dataset import DatasetPaths, Label, Manifest
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_path
-from avatar3d.masks import iter_masks
+from avatar3d.core.masks import iter_masks
 from avatar3d.preprocess.prefetch import prefetch
 
 VERSION = 1

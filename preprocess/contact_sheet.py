@@ -17,11 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from avatar3d import video
-from avatar3d.dataset import DatasetPaths, Label, Manifest, blendshape_index, load_tracks
+from avatar3d.core import video
+from avatar3d.core.dataset import DatasetPaths, Label, Manifest, blendshape_index, load_tracks
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_path
-from avatar3d.masks import iter_masks
+from avatar3d.core.masks import iter_masks
 
 VERSION = 1
 NUM_TILES = 8

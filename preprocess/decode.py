@@ -16,9 +16,9 @@ from typing import Iterable, Iterator, TypeVar
 import numpy as np
 
 from avatar3d import fsutil
-from avatar3d.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, DatasetPaths
+from avatar3d.core.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, DatasetPaths
 from avatar3d.errors import UserError
-from avatar3d.video import MediaInfo, VideoWriter, iter_timed_frames, probe, read_audio, read_frames_at
+from avatar3d.core.video import MediaInfo, VideoWriter, iter_timed_frames, probe, read_audio, read_frames_at
 
 VERSION = 1
 T = TypeVar("T")

@@ -31,10 +31,10 @@ from typing import Iterator
 
 import numpy as np
 
-from avatar3d import video
-from avatar3d.dataset import DatasetPaths, Label, Manifest, load_tracks
+from avatar3d.core import video
+from avatar3d.core.dataset import DatasetPaths, Label, Manifest, load_tracks
 from avatar3d.errors import UserError
-from avatar3d.masks import MaskWriter
+from avatar3d.core.masks import MaskWriter
 from avatar3d.preprocess.background import grow, masked_median, sample_indices
 from avatar3d.preprocess.prefetch import prefetch
 

@@ -1,4 +1,4 @@
-"""``avatar3d preprocess VIDEO -o DATA_DIR``: a talking-head clip -> a dataset (see avatar3d.dataset).
+"""``avatar3d preprocess VIDEO -o DATA_DIR``: a talking-head clip -> a dataset (see avatar3d.core.dataset).
 
 Stages run in order: decode, track, pose, parse, background, audio_features, contact_sheet; then
 report.json and the per-file checksums. The dataset is built in the hidden sibling
@@ -25,7 +25,7 @@ import numpy as np
 import tyro
 
 from avatar3d import fsutil
-from avatar3d.dataset import (
+from avatar3d.core.dataset import (
     FORMAT_VERSION,
     FPS,
     DatasetPaths,
@@ -259,7 +259,7 @@ def _say(message: str) -> None:
 def run_preprocess(config: PreprocessConfig) -> Path:
     """Build (or bring up to date) the dataset ``config.output`` from ``config.video``."""
     from avatar3d.preprocess import decode
-    from avatar3d.video import probe
+    from avatar3d.core.video import probe
 
     t_start = time.perf_counter()
     source = Path(config.video).expanduser()

@@ -1,6 +1,6 @@
 """Pose stage: shared intrinsics, per-frame head pose and a canonical face, fitted over the clip.
 
-Model (OpenCV camera, see ``avatar3d.dataset``): a landmark ``j`` of frame ``i`` projects to
+Model (OpenCV camera, see ``avatar3d.core.dataset``): a landmark ``j`` of frame ``i`` projects to
 ``pi(K (R_i X_j + t_i))`` with one focal length shared by all frames (principal point at the image
 centre), head-to-camera rotation ``R_i``, translation ``t_i`` (cm) and canonical head-space points
 ``X`` (cm). Only rigid landmarks (forehead, nose bridge and tip, eye corners, cheekbones, temples)
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar3d import fsutil
-from avatar3d.dataset import DatasetPaths, Manifest
+from avatar3d.core.dataset import DatasetPaths, Manifest
 from avatar3d.preprocess.track import fill_gaps
 
 VERSION = 1

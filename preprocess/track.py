@@ -1,7 +1,7 @@
 """Track stage: per-frame face landmarks and blendshapes with mediapipe's FaceLandmarker.
 
 Runs the Tasks FaceLandmarker in VIDEO mode over ``frames.mp4`` and writes ``tracks.npz``
-(``landmarks``, ``blendshapes``, ``valid``, ``interpolated``; see ``avatar3d.dataset.TRACK_KEYS``).
+(``landmarks``, ``blendshapes``, ``valid``, ``interpolated``; see ``avatar3d.core.dataset.TRACK_KEYS``).
 By default each frame is tracked twice, as it is and mirrored left-right, and the mirrored
 observation (landmarks renumbered by the face mesh's own symmetry, blendshapes Left <-> Right) is
 averaged with the direct one: the landmark model's errors are not mirror-symmetric (they lean
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from avatar3d import fsutil
-from avatar3d.dataset import BLENDSHAPE_NAMES, FPS, DatasetPaths, Manifest
+from avatar3d.core.dataset import BLENDSHAPE_NAMES, FPS, DatasetPaths, Manifest
 from avatar3d.errors import UserError
 from avatar3d.models import face_landmarker_path
-from avatar3d.video import iter_frames
+from avatar3d.core.video import iter_frames
 
 VERSION = 1
 NUM_LANDMARKS = 478

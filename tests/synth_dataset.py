@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar3d import video
-from avatar3d.dataset import FORMAT_VERSION, DatasetPaths, Manifest, default_split
+from avatar3d.core import video
+from avatar3d.core.dataset import FORMAT_VERSION, DatasetPaths, Manifest, default_split
 from avatar3d.fsutil import write_json
 from avatar3d.preprocess.parse import FACE_OVAL, INNER_LIPS
 

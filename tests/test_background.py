@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar3d import video
-from avatar3d.dataset import FORMAT_VERSION, DatasetPaths, Label, Manifest, default_split
+from avatar3d.core import video
+from avatar3d.core.dataset import FORMAT_VERSION, DatasetPaths, Label, Manifest, default_split
 from avatar3d.errors import UserError
 from avatar3d.fsutil import write_json
-from avatar3d.masks import write_masks
+from avatar3d.core.masks import write_masks
 from avatar3d.preprocess.background import (
     BackgroundConfig,
     fill_unseen,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar3d import prior as P
+from avatar3d.audio import prior as P
 
 REPO = Path(__file__).resolve().parents[1]
 

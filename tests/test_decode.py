@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar3d.dataset import SAMPLES_PER_FRAME
+from avatar3d.core.dataset import SAMPLES_PER_FRAME
 from avatar3d.preprocess.decode import (
     aligned_audio,
     choose_crop,
@@ -15,7 +15,7 @@ from avatar3d.preprocess.decode import (
     resample_by_time,
     timeline_duration,
 )
-from avatar3d.video import MediaInfo, VideoWriter, probe, read_frames_at
+from avatar3d.core.video import MediaInfo, VideoWriter, probe, read_frames_at
 
 
 def _plan(times, n_out, fps=25, t0=0.0):
@@ -162,10 +162,10 @@ def test_read_frames_at_seeks_to_the_shown_frame(tmp_path):
 def test_decode_crops_the_head_out_of_a_wide_frame(shared_data, tmp_path):
     """The 450x450 Obama clip pasted at (760, 180) into a 1280x720 30 fps canvas: decode finds
     the face, crops one square around head and shoulders, resamples to 25 fps at --size."""
-    from avatar3d.dataset import DatasetPaths
+    from avatar3d.core.dataset import DatasetPaths
     from avatar3d.models import face_landmarker_path
     from avatar3d.preprocess.decode import DecodeConfig, run_decode
-    from avatar3d.video import iter_frames, read_audio
+    from avatar3d.core.video import iter_frames, read_audio
 
     src = shared_data / "obama_adnerf_crop_edtalk_20s_450.mp4"
     wide = tmp_path / "wide.mp4"

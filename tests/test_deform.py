@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from avatar3d.dataset import BLENDSHAPE_NAMES, blendshape_index
-from avatar3d.deform import DeformConfig, FaceDeformer
-from avatar3d.prior import MOTION_NAMES
+from avatar3d.core.dataset import BLENDSHAPE_NAMES, blendshape_index
+from avatar3d.gaussian.deform import DeformConfig, FaceDeformer
+from avatar3d.audio.prior import MOTION_NAMES
 
 
 def _field() -> FaceDeformer:

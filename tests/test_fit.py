@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from avatar3d.avatar import Avatar, Conditioning
-from avatar3d.dataset import (
+from avatar3d.gaussian.avatar import Avatar, Conditioning
+from avatar3d.core.dataset import (
     BLENDSHAPE_NAMES,
     FORMAT_VERSION,
     DatasetPaths,
@@ -21,7 +21,7 @@ from avatar3d.dataset import (
     blendshape_index,
     default_split,
 )
-from avatar3d.deform import DeformConfig
+from avatar3d.gaussian.deform import DeformConfig
 from avatar3d.errors import UserError
 from avatar3d.fit import (
     PRESETS,
@@ -42,10 +42,10 @@ from avatar3d.fit import (
     resolve_preset,
     run_fit,
 )
-from avatar3d.gaussians import StrategyConfig
-from avatar3d.metrics import MOUTH_LANDMARKS
-from avatar3d.ply import read_ply
-from avatar3d.rasterize import Camera, rasterize
+from avatar3d.gaussian.gaussians import StrategyConfig
+from avatar3d.drive.metrics import MOUTH_LANDMARKS
+from avatar3d.gaussian.ply import read_ply
+from avatar3d.gaussian.rasterize import Camera, rasterize
 
 SIZE = 64
 FRAMES = 30
@@ -65,8 +65,8 @@ def make_synthetic_dataset(root: Path, frames: int = FRAMES, size: int = SIZE) -
     import cv2
 
     from avatar3d.fsutil import write_json
-    from avatar3d.masks import write_masks
-    from avatar3d.video import write_video
+    from avatar3d.core.masks import write_masks
+    from avatar3d.core.video import write_video
 
     g = torch.Generator().manual_seed(0)
     paths = DatasetPaths(root)
@@ -266,7 +266,7 @@ def test_branch_loss_still_splits_a_thin_mouth_at_low_resolution():
 
 
 def test_swap_other_channels_keeps_the_prior_driven_ones():
-    from avatar3d.prior import MOTION_NAMES
+    from avatar3d.audio.prior import MOTION_NAMES
 
     cond = Conditioning(torch.zeros(1, len(BLENDSHAPE_NAMES)), torch.ones(1, 4, 3))
     swapped = swap_other_channels(cond, torch.ones(len(BLENDSHAPE_NAMES)))
@@ -437,7 +437,7 @@ def test_closed_mouth_canonical_takes_the_lips_of_the_shut_frames():
     (the clip's mean shape) has the lips half open. The closed-mouth canonical recovers the shut
     lips, and keeps the rigid points."""
     from avatar3d.preprocess.pose import RIGID_LANDMARKS
-    from avatar3d.sync import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from avatar3d.drive.sync import LOWER_INNER_LIP, UPPER_INNER_LIP
 
     rng = np.random.default_rng(0)
     shut = rng.uniform(-5, 5, (478, 3)) * np.array([1.0, 1.0, 0.5])

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from avatar3d.gaussians import (
+from avatar3d.gaussian.gaussians import (
     SH_C0,
     DensifyStrategy,
     Gaussians,
@@ -16,7 +16,7 @@ from avatar3d.gaussians import (
     remove,
     split,
 )
-from avatar3d.ply import PROPERTIES, read_ply, write_ply
+from avatar3d.gaussian.ply import PROPERTIES, read_ply, write_ply
 
 
 def _set(n: int = 5) -> Gaussians:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar3d.dataset import Label
+from avatar3d.core.dataset import Label
 from avatar3d.errors import UserError
-from avatar3d.masks import MaskWriter, iter_masks, read_masks, write_masks
+from avatar3d.core.masks import MaskWriter, iter_masks, read_masks, write_masks
 from avatar3d.preprocess.parse import (
     FACE_OVAL,
     INNER_LIPS,
@@ -291,8 +291,8 @@ def test_parse_on_real_clip(shared_data, tmp_path):
     the forehead, torso below the chin, background in the top corners)."""
     import cv2
 
-    from avatar3d import video
-    from avatar3d.dataset import FORMAT_VERSION, DatasetPaths, Manifest, default_split, load_tracks
+    from avatar3d.core import video
+    from avatar3d.core.dataset import FORMAT_VERSION, DatasetPaths, Manifest, default_split, load_tracks
     from avatar3d.fsutil import write_json
     from avatar3d.preprocess.track import TrackConfig, run_track
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from avatar3d.cli import main
-from avatar3d.dataset import FORMAT_VERSION, Manifest, default_split
+from avatar3d.core.dataset import FORMAT_VERSION, Manifest, default_split
 from avatar3d.fsutil import work_dir_for, write_json
-from avatar3d.video import VideoWriter
+from avatar3d.core.video import VideoWriter
 
 
 def _run(capsys, src: Path, out: Path) -> tuple[int, list[str]]:
@@ -68,7 +68,7 @@ def test_truncated_mp4(tmp_path, capsys, shared_data):
 def test_truncated_mkv_is_caught_while_decoding(tmp_path, capsys, shared_data):
     # Matroska keeps its header (with the duration) at the front: a cut-off file opens fine and
     # only decoding finds the missing half.
-    from avatar3d.video import iter_frames, read_audio
+    from avatar3d.core.video import iter_frames, read_audio
 
     src = shared_data / "obama_adnerf_crop_edtalk_20s_450.mp4"
     whole = tmp_path / "whole.mkv"
@@ -90,7 +90,7 @@ def test_truncated_mkv_is_caught_while_decoding(tmp_path, capsys, shared_data):
 
 def test_face_visible_in_too_few_frames(tmp_path, capsys, shared_data):
     # 1 s of a face, then 2 s of noise: the crop finds the face, tracking finds it in a third
-    from avatar3d.video import iter_frames, read_audio
+    from avatar3d.core.video import iter_frames, read_audio
 
     src = shared_data / "obama_adnerf_crop_edtalk_20s_450.mp4"
     clip = tmp_path / "mostly_noise.mp4"

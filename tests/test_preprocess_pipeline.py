@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar3d.dataset import SAMPLES_PER_FRAME, TRACK_KEYS, DatasetPaths, load_tracks, read_manifest, sha256_file
+from avatar3d.core.dataset import SAMPLES_PER_FRAME, TRACK_KEYS, DatasetPaths, load_tracks, read_manifest, sha256_file
 from avatar3d.fsutil import work_dir_for
 from avatar3d.preprocess import audio_features, background, contact_sheet, decode, parse, pose, track
 from avatar3d.preprocess.pipeline import PreprocessConfig, run_preprocess
 from avatar3d.preprocess.pose import PoseConfig
-from avatar3d.video import VideoWriter, iter_frames, probe, read_audio
+from avatar3d.core.video import VideoWriter, iter_frames, probe, read_audio
 
 OBAMA = "obama_adnerf_crop_edtalk_20s_450.mp4"
 STAGES = ("decode", "track", "pose", "parse", "background", "audio_features", "contact_sheet")

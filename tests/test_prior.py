@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from avatar3d import audio as A
-from avatar3d import prior as P
+from avatar3d.audio import features as A
+from avatar3d.audio import prior as P
 from avatar3d.cli import main as cli_main
-from avatar3d.dataset import AUDIO_RATE, BLENDSHAPE_NAMES, FORMAT_VERSION, DatasetPaths, Manifest, default_split
+from avatar3d.core.dataset import AUDIO_RATE, BLENDSHAPE_NAMES, FORMAT_VERSION, DatasetPaths, Manifest, default_split
 from avatar3d.errors import UserError
 from avatar3d.fsutil import write_json
 
@@ -270,7 +270,7 @@ def test_shipped_weights_fresh_interpreter_no_network(tmp_path):
             raise OSError("network disabled in this test")
         socket.socket.connect = socket.socket.connect_ex = _no_network
         socket.create_connection = socket.getaddrinfo = _no_network
-        from avatar3d.prior import load_prior, predict_motion_from_audio, shipped_prior_path
+        from avatar3d.audio.prior import load_prior, predict_motion_from_audio, shipped_prior_path
         prior = load_prior(None, device="cpu")
         m = predict_motion_from_audio(prior, np.load("audio.npy"))
         print(json.dumps({"where": str(shipped_prior_path()), "motion": m[::10].tolist()}))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar3d.rasterize import (
+from avatar3d.gaussian.rasterize import (
     ALPHA_MAX,
     ALPHA_MIN,
     T_MIN,

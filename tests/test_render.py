@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatar3d.cli import main
-from avatar3d.render import ping_pong, trajectory
+from avatar3d.drive.render import ping_pong, trajectory
 
 RATE = 22_050  # not 16 kHz: the render resamples for the prior and muxes at 48 kHz
 
@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory) -> Path:
     data = make_synthetic_dataset(root / "data", frames=16)  # 12 train + 4 val frames
     import soundfile as sf
 
-    from avatar3d.dataset import DatasetPaths
+    from avatar3d.core.dataset import DatasetPaths
 
     n = json.loads(DatasetPaths(data).manifest.read_text())["num_frames"]
     sf.write(str(DatasetPaths(data).audio), _speechy(n / 25, 16_000)[: n * 640], 16_000, subtype="PCM_16")
@@ -161,7 +161,7 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     audio's length; the torso of the composite is the real clip's, so its flicker matches."""
     import cv2
 
-    from avatar3d.evaluate import summary_line
+    from avatar3d.drive.evaluate import summary_line
 
     wav = _wav(tmp_path / "speech.wav", 1.2)
     # 0.6 s of speech then 0.6 s of digital silence: silent frames are found by the envelope
@@ -208,9 +208,9 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
 def test_shut_val_openings(run_dir):
     """The shut-mouth check picks the val frames at or under the training p10 and reports the medians
     of the given rendered openings on them beside the tracker's reading of the real frames."""
-    from avatar3d.evaluate import openings_of, shut_val_openings
+    from avatar3d.drive.evaluate import openings_of, shut_val_openings
     from avatar3d.fit import load_fit_data
-    from avatar3d.render import open_run
+    from avatar3d.drive.render import open_run
 
     info = open_run(run_dir)
     data = load_fit_data(info.data, info.params)
@@ -234,14 +234,14 @@ def test_shut_val_openings(run_dir):
 def test_speech_sync_leaves_digital_silence_out():
     """A stretch of -100 dB digital silence must not decide the sync correlation: over speech the
     mouth follows the envelope; in the silence it happens to be half open."""
-    from avatar3d.evaluate import SILENCE_DB, speech_sync
+    from avatar3d.drive.evaluate import SILENCE_DB, speech_sync
 
     rng = np.random.default_rng(0)
     env = rng.normal(-20, 6, 200)
     opening = 0.05 + 0.004 * (env + 20) + rng.normal(0, 0.01, 200)
     env[80:130] = -100.0
     opening[80:130] = 0.1
-    from avatar3d.sync import lagged_correlation
+    from avatar3d.drive.sync import lagged_correlation
 
     assert lagged_correlation(opening, env, max_lag=0).best_r < 0  # the silence dominates
     lc = speech_sync(opening, env, max_lag=2)

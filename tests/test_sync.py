@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from avatar3d import sync
+from avatar3d.drive import sync
 
 
 def test_mouth_opening_is_gap_over_eye_distance():

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from avatar3d import synth_raster
+from avatar3d.synth import raster as synth_raster
 from avatar3d.cli import main as cli_main
-from avatar3d.dataset import Label
+from avatar3d.core.dataset import Label
 from avatar3d.errors import UserError
-from avatar3d.synth import SynthPaths, load_truth, write_synth
-from avatar3d.synth_mesh import build_subject, face_model_path
-from avatar3d.video import probe, read_audio, read_frames
+from avatar3d.synth.subject import SynthPaths, load_truth, write_synth
+from avatar3d.synth.mesh import build_subject, face_model_path
+from avatar3d.core.video import probe, read_audio, read_frames
 
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400,
              377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)

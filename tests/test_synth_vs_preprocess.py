@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar3d.dataset import DatasetPaths, Label, load_tracks, read_manifest
-from avatar3d.synth import SynthPaths, load_truth, write_synth
+from avatar3d.core.dataset import DatasetPaths, Label, load_tracks, read_manifest
+from avatar3d.synth.subject import SynthPaths, load_truth, write_synth
 
 try:
     import avatar3d.preprocess.pipeline  # noqa: F401
@@ -96,7 +96,7 @@ def test_preprocess_recovers_the_true_translation(pair):
 
 
 def test_preprocess_masks_match_the_true_labels(pair):
-    from avatar3d.masks import read_masks
+    from avatar3d.core.masks import read_masks
 
     gt, data = pair
     manifest = read_manifest(data)
@@ -112,7 +112,7 @@ def test_preprocess_masks_match_the_true_labels(pair):
 def test_preprocess_masks_have_no_bad_frames(pair):
     """Stricter than the issue: no more than 5% of frames may fall below IoU 0.85 (a mask that is
     fine on average can still be badly wrong on a stretch of frames)."""
-    from avatar3d.masks import read_masks
+    from avatar3d.core.masks import read_masks
 
     gt, data = pair
     manifest = read_manifest(data)
@@ -125,7 +125,7 @@ def test_preprocess_masks_have_no_bad_frames(pair):
 
 
 def test_tracked_mouth_follows_the_true_mouth(pair):
-    from avatar3d.dataset import blendshape_index
+    from avatar3d.core.dataset import blendshape_index
 
     gt, data = pair
     tracks = load_tracks(data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar3d.dataset import BLENDSHAPE_NAMES
+from avatar3d.core.dataset import BLENDSHAPE_NAMES
 from avatar3d.models import face_landmarker_path
 from avatar3d.preprocess.track import (
     NUM_LANDMARKS,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from avatar3d.dataset import FPS, AUDIO_RATE, SAMPLES_PER_FRAME, DatasetPaths, Label, Manifest, read_manifest
+from avatar3d.core.dataset import FPS, AUDIO_RATE, SAMPLES_PER_FRAME, DatasetPaths, Label, Manifest, read_manifest
 from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
 
@@ -77,7 +77,7 @@ class RunInfo:
 
 def open_run(run: Path) -> RunInfo:
     """Check RUN and its dataset; UserError (one line) when either is missing, stale or corrupt."""
-    from avatar3d.avatar import AVATAR_CONFIG_FILE, AVATAR_FILE
+    from avatar3d.gaussian.avatar import AVATAR_CONFIG_FILE, AVATAR_FILE
     from avatar3d.fit import CONFIG_FILE, params_from_json
 
     run = Path(run)
@@ -106,8 +106,8 @@ def open_run(run: Path) -> RunInfo:
 def load_driving_audio(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """Read the driving audio: (``[S] float32`` 16 kHz mono for the prior, ``[S'] float32`` mono at
     the mux rate, the mux rate). UserError when unreadable, empty or shorter than 0.5 s."""
-    from avatar3d.audio import load_audio
-    from avatar3d.video import probe, read_audio
+    from avatar3d.audio.features import load_audio
+    from avatar3d.core.video import probe, read_audio
 
     path = Path(path)
     info = probe(path)  # UserError: missing, empty, not media
@@ -180,7 +180,7 @@ def trajectory(train: np.ndarray, num: int, pose: str, still_frame: int = 0) -> 
 def load_run_prior(run: Path, device):
     """RUN/prior.pt (fine-tuned on the identity) when present, else the shipped prior."""
     from avatar3d.fit import PRIOR_FILE
-    from avatar3d.prior import load_prior
+    from avatar3d.audio.prior import load_prior
 
     path = Path(run) / PRIOR_FILE
     return load_prior(path if path.is_file() else None, device=device), (path if path.is_file() else None)
@@ -196,7 +196,7 @@ def fit_audio(audio16: np.ndarray, num: int) -> np.ndarray:
 
 def motion_from_audio(prior, audio16: np.ndarray, num: int, base: np.ndarray) -> np.ndarray:
     """Per-frame blendshapes ``[num, 52]``: mouth channels from the prior, the rest from ``base`` [num, 52]."""
-    from avatar3d.prior import blendshapes_from_motion, predict_motion_from_audio
+    from avatar3d.audio.prior import blendshapes_from_motion, predict_motion_from_audio
 
     motion = predict_motion_from_audio(prior, fit_audio(audio16, num))  # [num, 28]
     return blendshapes_from_motion(motion[:num], base=base)
@@ -207,7 +207,7 @@ def audio_features_for(avatar, audio16: np.ndarray, num: int) -> torch.Tensor | 
     name = avatar.spec.audio_features
     if not name:
         return None
-    from avatar3d import audio as A
+    from avatar3d.audio import features as A
 
     feats = A.encode(name, fit_audio(audio16, num)).reshape(num, -1)
     return torch.from_numpy(np.ascontiguousarray(feats, np.float32))
@@ -215,7 +215,7 @@ def audio_features_for(avatar, audio16: np.ndarray, num: int) -> torch.Tensor | 
 
 def conditioning(motion: torch.Tensor, audio: torch.Tensor | None, k: int, window: int, device):
     """Frame k's Conditioning: motion [N, 52], audio [N, A] features (window around k, as in fit)."""
-    from avatar3d.avatar import Conditioning
+    from avatar3d.gaussian.avatar import Conditioning
 
     a = None
     if audio is not None:
@@ -241,8 +241,8 @@ def load_frame_bases(
     data_dir: Path, indices: np.ndarray, plate: np.ndarray, background: np.ndarray | None = None
 ) -> dict[int, FrameBase]:
     """The composite bases of the dataset frames in ``indices`` (one decode pass over the clip)."""
-    from avatar3d.masks import iter_masks
-    from avatar3d.video import iter_frames
+    from avatar3d.core.masks import iter_masks
+    from avatar3d.core.video import iter_frames
 
     paths = DatasetPaths(Path(data_dir))
     wanted = set(int(i) for i in np.unique(indices))
@@ -360,10 +360,10 @@ def run_render(config: RenderConfig) -> dict:
     """Write config.output (see module docstring); returns a summary."""
     from tqdm import tqdm
 
-    from avatar3d.avatar import Avatar
+    from avatar3d.gaussian.avatar import Avatar
     from avatar3d.fit import load_fit_data
     from avatar3d.fsutil import atomic_path
-    from avatar3d.video import VideoWriter
+    from avatar3d.core.video import VideoWriter
 
     t0 = time.time()
     out = check_output(config.output)

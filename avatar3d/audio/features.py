@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from avatar3d.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME
+from avatar3d.core.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME
 from avatar3d.errors import UserError
 
 N_FFT = 400  # 25 ms window
@@ -43,8 +43,8 @@ SILENCE_VALUE = -1.0  # (log10(LOG_FLOOR) + 4) / 4
 
 
 def load_audio(path: Path) -> np.ndarray:
-    """Any audio or video file -> ``[S] float32`` mono at 16 kHz (through avatar3d.video)."""
-    from avatar3d.video import read_audio
+    """Any audio or video file -> ``[S] float32`` mono at 16 kHz (through avatar3d.core.video)."""
+    from avatar3d.core.video import read_audio
 
     return read_audio(Path(path), rate=AUDIO_RATE)
 

@@ -6,13 +6,13 @@ Self-driven (the val split of the run's own dataset, frames never trained on):
     landmarks on the real val frames). The rendered opening is measured by running the face
     tracker on the rendered frames, so the ruler does not trust the model. It is measured twice:
     driven by the tracked blendshapes, and driven by the clip's own audio through the prior
-    (:mod:`avatar3d.render`'s code path). On the val frames whose mouth is as shut as the
+    (:mod:`avatar3d.drive.render`'s code path). On the val frames whose mouth is as shut as the
     silence bound (``shut_*``) it also reports the rendered opening beside the real frames' at the
     fit resolution: whether the avatar itself can shut its mouth, with the prior out of the way.
 Cross-driven (``--audio``):
-    the frames :mod:`avatar3d.render` would write for that audio (same code), the tracker on them,
-    and :func:`avatar3d.sync.lagged_correlation` of their mouth opening against
-    :func:`avatar3d.sync.speech_envelope` of the audio (best r and its lag, over the frames with
+    the frames :mod:`avatar3d.drive.render` would write for that audio (same code), the tracker on them,
+    and :func:`avatar3d.drive.sync.lagged_correlation` of their mouth opening against
+    :func:`avatar3d.drive.sync.speech_envelope` of the audio (best r and its lag, over the frames with
     sound: :func:`speech_sync`), beside the same
     measure on the real clip with its own audio (the reference); the mouth opening in the audio's
     silent frames against the 10th percentile of the training frames' opening, both as tracked
@@ -20,7 +20,7 @@ Cross-driven (``--audio``):
     window downsampled to the avatar's render size and pasted back, as render does: the tracker
     reads a blurred shut mouth as slightly open, ~0.02 instead of ~0.006 at 128² on the Obama
     clip, so that is the fair bound for a low-resolution avatar); and neck/torso
-    flicker (:func:`avatar3d.sync.flicker` inside the TORSO label) of the rendered frames against
+    flicker (:func:`avatar3d.drive.sync.flicker` inside the TORSO label) of the rendered frames against
     the real video's. ``silent_settled_*`` leave out the last silent frames before speech resumes,
     whose look-ahead (the prior's) already hears it; their median is the mouth's opening during the
     silence, their max the worst single frame (single frames of a shut rendered mouth scatter by
@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import tyro
 
-from avatar3d.dataset import DatasetPaths, Label, load_tracks
+from avatar3d.core.dataset import DatasetPaths, Label, load_tracks
 from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
-from avatar3d.sync import pearson
+from avatar3d.drive.sync import pearson
 
 SILENCE_DB = -60.0  # speech-band envelope below this (dB) counts as a silent frame
 DETECT_CHUNK = 100  # frames handed to the tracker at a time (bounds memory for long audio)
@@ -97,8 +97,8 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
 
 def openings_of(frames: list[np.ndarray], upscale: int = 1) -> np.ndarray:
     """Run the tracker on ``[H, W, 3] uint8`` frames: mouth opening per frame. [N] (NaN = no face)"""
-    from avatar3d.metrics import detect_landmarks
-    from avatar3d.sync import mouth_opening
+    from avatar3d.drive.metrics import detect_landmarks
+    from avatar3d.drive.sync import mouth_opening
 
     if not frames:
         return np.zeros(0)
@@ -136,11 +136,11 @@ def self_driven(
     """Val-split metrics (see module docstring) and the opening curves for the plot.
     silence_bound: the training frames' 10th-percentile opening (:func:`real_reference`'s
     ``train_opening_p10``), None where no training frame has a face."""
-    from avatar3d.audio import load_audio
-    from avatar3d.avatar import composite
+    from avatar3d.audio.features import load_audio
+    from avatar3d.gaussian.avatar import composite
     from avatar3d.fit import evaluate
-    from avatar3d.render import Driven, audio_features_for, motion_from_audio, render_heads
-    from avatar3d.sync import mouth_opening
+    from avatar3d.drive.render import Driven, audio_features_for, motion_from_audio, render_heads
+    from avatar3d.drive.sync import mouth_opening
 
     metrics, preds = evaluate(avatar, data, params, device)
     up = _window_upscale(data.window.size)
@@ -171,7 +171,7 @@ def self_driven(
 
 def tracked_openings(tracks: dict) -> np.ndarray:
     """[N] mouth opening of the clip's frames from the tracker's landmarks (NaN where it lost the face)."""
-    from avatar3d.sync import mouth_opening
+    from avatar3d.drive.sync import mouth_opening
 
     return np.where(tracks["valid"].astype(bool), mouth_opening(tracks["landmarks"]), np.nan)
 
@@ -196,7 +196,7 @@ def shut_val_openings(
 
 def _flicker_accumulate(prev: np.ndarray | None, frame: np.ndarray, prev_m, mask, acc: list[float]) -> None:
     """Add one frame pair to a running sync.flicker (weighted by the pair's region size)."""
-    from avatar3d.sync import flicker
+    from avatar3d.drive.sync import flicker
 
     if prev is None:
         return
@@ -211,7 +211,7 @@ def speech_sync(opening: np.ndarray, envelope: np.ndarray, max_lag: int):
     with sound: silent frames (envelope < SILENCE_DB) are left out, so a stretch of digital
     silence (-100 dB) cannot dominate the correlation; silence is judged on its own
     (``silent_opening_*``)."""
-    from avatar3d.sync import lagged_correlation
+    from avatar3d.drive.sync import lagged_correlation
 
     envelope = np.where(np.asarray(envelope) < SILENCE_DB, np.nan, envelope)
     return lagged_correlation(opening, envelope, max_lag=max_lag)
@@ -220,11 +220,11 @@ def speech_sync(opening: np.ndarray, envelope: np.ndarray, max_lag: int):
 def real_reference(info, data, max_lag: int, opening: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
     """The measures on the real clip with its own audio, and its torso flicker.
     opening: [N] :func:`tracked_openings` of the clip."""
-    from avatar3d.audio import load_audio
-    from avatar3d.masks import iter_masks
-    from avatar3d.render import paste
-    from avatar3d.sync import speech_envelope
-    from avatar3d.video import iter_frames
+    from avatar3d.audio.features import load_audio
+    from avatar3d.core.masks import iter_masks
+    from avatar3d.drive.render import paste
+    from avatar3d.drive.sync import speech_envelope
+    from avatar3d.core.video import iter_frames
 
     paths = DatasetPaths(info.data)
     env = speech_envelope(load_audio(paths.audio))
@@ -258,8 +258,8 @@ def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag
     """Render the audio as `avatar3d render` would; tracker, sync and torso flicker on the frames."""
     from tqdm import tqdm
 
-    from avatar3d.render import drive, load_frame_bases, num_output_frames, read_plate, render_frames
-    from avatar3d.sync import speech_envelope
+    from avatar3d.drive.render import drive, load_frame_bases, num_output_frames, read_plate, render_frames
+    from avatar3d.drive.sync import speech_envelope
 
     num = num_output_frames(len(audio16))
     driven = drive(avatar, data, prior, audio16, num, "clip")
@@ -340,10 +340,10 @@ def write_plot(path: Path, curves: dict[str, np.ndarray], title: str) -> None:
 
 
 def run_eval(config: EvalConfig) -> dict:
-    from avatar3d.avatar import Avatar
+    from avatar3d.gaussian.avatar import Avatar
     from avatar3d.fit import load_fit_data
     from avatar3d.fsutil import write_json
-    from avatar3d.render import check_output, load_driving_audio, load_run_prior, open_run
+    from avatar3d.drive.render import check_output, load_driving_audio, load_run_prior, open_run
 
     t0 = time.time()
     info = open_run(config.run)

@@ -1,7 +1,7 @@
 """The audio-to-motion prior: audio features -> per-frame mouth/jaw/cheek blendshapes.
 
 Model
-    A temporal convolution net over the ``mel`` features (:mod:`avatar3d.audio`), one output per
+    A temporal convolution net over the ``mel`` features (:mod:`avatar3d.audio.features`), one output per
     25 fps video frame. All convolutions are *valid* (unpadded); the receptive field is
     ``R = receptive_field`` frames (33 = 1.32 s) of which ``lookahead`` (2 frames = 80 ms) lie
     after the output frame. Offline, the feature sequence is padded with ``R - 1 - lookahead``
@@ -17,7 +17,7 @@ Silence
 
 Motion code
     ``MOTION_NAMES``: the 28 mediapipe blendshapes of the jaw, lips and cheeks, in
-    ``avatar3d.dataset.BLENDSHAPE_NAMES`` units ([0, 1]).
+    ``avatar3d.core.dataset.BLENDSHAPE_NAMES`` units ([0, 1]).
 
 Per-speaker normalisation
     People open their mouths differently and the tracker's blendshape ranges differ per identity,
@@ -63,8 +63,8 @@ import tyro
 from torch import nn
 import torch.nn.functional as F
 
-from avatar3d import audio as A
-from avatar3d.dataset import (
+from avatar3d.audio import features as A
+from avatar3d.core.dataset import (
     BLENDSHAPE_NAMES,
     DatasetPaths,
     load_tracks,
@@ -72,7 +72,7 @@ from avatar3d.dataset import (
 )
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
-from avatar3d.sync import pearson
+from avatar3d.drive.sync import pearson
 
 FORMAT = "avatar3d-prior"
 FORMAT_VERSION = 1
@@ -120,7 +120,7 @@ class PriorNetConfig:
     """Shape of the prior's network (stored inside the weight file)."""
 
     encoder: str = "mel"
-    """Audio encoder whose features the net reads (see avatar3d.audio.ENCODERS)."""
+    """Audio encoder whose features the net reads (see avatar3d.audio.features.ENCODERS)."""
     hidden: int = 128
     """Channels of the temporal convolutions."""
     dilations: tuple[int, ...] = (1, 2, 4, 8, 1)
@@ -827,7 +827,7 @@ class PriorPredictConfig:
     audio: Path
     """Audio or video file with the speech."""
     output: Path = Path("motion.npy")
-    """Output .npy: [N, M] float32 motion code at 25 fps (columns: avatar3d.prior.MOTION_NAMES)."""
+    """Output .npy: [N, M] float32 motion code at 25 fps (columns: avatar3d.audio.prior.MOTION_NAMES)."""
     weights: Path | None = None
     """Prior weights (default: the ones shipped with avatar3d)."""
     device: str = "cpu"

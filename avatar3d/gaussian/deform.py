@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from avatar3d.dataset import BLENDSHAPE_NAMES, blendshape_index
+from avatar3d.core.dataset import BLENDSHAPE_NAMES, blendshape_index
 
 # Blendshapes that drive the inside of the mouth (jaw opening first).
 MOUTH_CODE_NAMES: tuple[str, ...] = (
@@ -114,7 +114,7 @@ class FaceDeformer(nn.Module):
         # y grows towards the chin; fit sets it at the base of the nose): at render time the two
         # come from different frames (prior vs pose trajectory), so the lips must not read their
         # shape from the eye/brow channels.
-        from avatar3d.prior import MOTION_INDEX
+        from avatar3d.audio.prior import MOTION_INDEX
 
         speech = torch.zeros(motion_dim, dtype=torch.bool)
         if motion_dim == len(BLENDSHAPE_NAMES):

@@ -1,8 +1,8 @@
 """``avatar3d synth``: a seeded synthetic talking-head clip with exact ground truth.
 
-The subject is scikit-image's astronaut photo on a 3D head (avatar3d.synth_mesh) that speaks
-audio the project synthesises (avatar3d.synth_audio), with smooth small head motion, a torso that
-follows the head loosely, and a static background; rendered by avatar3d.synth_raster. Same seed,
+The subject is scikit-image's astronaut photo on a 3D head (avatar3d.synth.mesh) that speaks
+audio the project synthesises (avatar3d.synth.speech), with smooth small head motion, a torso that
+follows the head loosely, and a static background; rendered by avatar3d.synth.raster. Same seed,
 same length and size -> the same arrays and the same files.
 
 Output folder (see :class:`SynthPaths`)::
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import tyro
 
-from avatar3d import synth_raster
-from avatar3d.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, Label
+from avatar3d.synth import raster as synth_raster
+from avatar3d.core.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, Label
 from avatar3d.errors import UserError
 from avatar3d.fsutil import commit_dir, work_dir_for, write_json
-from avatar3d.synth_audio import Speech, synth_speech
-from avatar3d.synth_mesh import INNER_LIP_BOTTOM, INNER_LIP_TOP, NUM_LANDMARKS, SubjectMesh, build_subject
-from avatar3d.video import VideoWriter
+from avatar3d.synth.speech import Speech, synth_speech
+from avatar3d.synth.mesh import INNER_LIP_BOTTOM, INNER_LIP_TOP, NUM_LANDMARKS, SubjectMesh, build_subject
+from avatar3d.core.video import VideoWriter
 
 TRUTH_KEYS: dict[str, str] = {
     "K": "[3, 3] float32 intrinsics (pixels; pixel centres at +0.5)",
@@ -43,7 +43,7 @@ TRUTH_KEYS: dict[str, str] = {
     "jaw_angle": "[N] float32 jaw rotation (radians, 0 = the photo's mouth)",
     "envelope": "[N] float32 the speech's syllable amplitude envelope at each frame centre",
     "blink": "[N] float32 eye closure in [0, 1] (1: upper lids 90% of the way down)",
-    "labels": "[N, H, W] uint8 avatar3d.dataset.Label of each pixel (compressed in the npz)",
+    "labels": "[N, H, W] uint8 avatar3d.core.dataset.Label of each pixel (compressed in the npz)",
     "audio": "[S] float32 mono 16 kHz, S = N * 640",
     "head_size": "[] float32 head size (cm): diagonal of the bounding box of `canonical` (~22 cm)",
     "background": "[H, W, 3] uint8 the static background plate",

@@ -21,11 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avatar3d.dataset import BLENDSHAPE_NAMES
-from avatar3d.deform import DeformConfig, Deformation, FaceDeformer, MouthDeformer
+from avatar3d.core.dataset import BLENDSHAPE_NAMES
+from avatar3d.gaussian.deform import DeformConfig, Deformation, FaceDeformer, MouthDeformer
 from avatar3d.errors import UserError
-from avatar3d.gaussians import Gaussians
-from avatar3d.rasterize import Backend, Camera, RasterResult, rasterize_full
+from avatar3d.gaussian.gaussians import Gaussians
+from avatar3d.gaussian.rasterize import Backend, Camera, RasterResult, rasterize_full
 
 MOTION_DIM = len(BLENDSHAPE_NAMES)  # 52
 AVATAR_FILE = "avatar.pt"

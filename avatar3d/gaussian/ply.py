@@ -15,7 +15,7 @@ import numpy as np
 
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
-from avatar3d.gaussians import Gaussians
+from avatar3d.gaussian.gaussians import Gaussians
 
 PROPERTIES: tuple[str, ...] = (
     "x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",

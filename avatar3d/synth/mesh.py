@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar3d.dataset import Label
+from avatar3d.core.dataset import Label
 from avatar3d.errors import UserError
 
 NUM_LANDMARKS = 478
@@ -42,7 +42,7 @@ EYELID_PAIRS = (
 IRISES = ((468, 469, 470, 471, 472), (473, 474, 475, 476, 477))
 EYE_BOTTOMS = (145, 374)  # lower-lid middle of the eye of each iris
 
-_ASSETS = Path(__file__).resolve().parent / "assets"
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class SubjectMesh:
     verts: np.ndarray  # [V, 3] float32 head-space positions (cm)
     faces: np.ndarray  # [F, 3] int64, outward winding
     uv: np.ndarray  # [V, 2] float32 atlas texel coordinates (x, y)
-    label: np.ndarray  # [F] uint8 avatar3d.dataset.Label of each triangle
+    label: np.ndarray  # [F] uint8 avatar3d.core.dataset.Label of each triangle
     alpha_tested: np.ndarray  # [F] bool: cut out by atlas_alpha (the torso sheet)
     jaw_weight: np.ndarray  # [V] float32 in [0, 1]: how much the jaw rotation moves the vertex
     head_weight: np.ndarray  # [V] float32 in [0, 1]: 1 follows the head, 0 the torso

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from avatar3d.rasterize import quat_to_rotmat
+from avatar3d.gaussian.rasterize import quat_to_rotmat
 
 SH_C0 = 0.28209479177387814
 

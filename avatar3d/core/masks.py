@@ -1,6 +1,6 @@
 """Semantic label maps on disk: masks.mkv, lossless FFV1 gray8 in Matroska.
 
-One ``[H, W] uint8`` label map per frame (values of :class:`avatar3d.dataset.Label`), stored
+One ``[H, W] uint8`` label map per frame (values of :class:`avatar3d.core.dataset.Label`), stored
 as an 8-bit grey video. FFV1 is lossless, so what :func:`read_masks` returns is bit-identical
 to what :class:`MaskWriter` was given; label maps are mostly flat regions, so a minute of
 512x512 masks takes well under a megabyte.
@@ -16,10 +16,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from avatar3d.dataset import FPS, Label
+from avatar3d.core.dataset import FPS, Label
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_path
-from avatar3d.video import open_media
+from avatar3d.core.video import open_media
 
 MAX_LABEL = max(Label)
 

@@ -1,0 +1,1 @@
+"""Audio: features (mel, Whisper) and the audio-to-motion prior."""

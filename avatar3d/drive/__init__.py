@@ -1,0 +1,1 @@
+"""The driving path: render a fitted avatar speaking audio, and measure it (eval, metrics, sync)."""

@@ -1,0 +1,1 @@
+"""The deformable 3D Gaussian field: Gaussians, deformers, rasterizer, initialisation, losses, trainer."""
