@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(configs) == 1 and names:
             name = names[0]
             rest = argv[argv.index(name) + 1 :]
-            config = tyro.cli(configs[name], args=rest, prog=f"avatar3d {name}")
+            cls = configs[name]
+            # a config may start from defaults that depend on the command line (fit: the preset)
+            default = cls.cli_default(rest) if hasattr(cls, "cli_default") else None
+            config = tyro.cli(cls, args=rest, prog=f"avatar3d {name}", default=default)
         else:
             config = tyro.extras.subcommand_cli_from_dict(
                 {n: c for n, c in configs.items()}, args=argv, prog="avatar3d"

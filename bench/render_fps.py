@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import tyro
 
-from avatar3d.gaussian.avatar import Avatar, Conditioning
+from avatar3d.core.avatar import Conditioning, load_avatar
 from avatar3d.core.dataset import load_tracks, read_manifest
 from avatar3d.fsutil import write_json
-from avatar3d.gaussian.rasterize import Camera, resolve_backend
+from avatar3d.core.camera import Camera
+from avatar3d.gaussian.rasterize import resolve_backend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ def main(cfg: BenchConfig) -> dict:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: pass --device cpu")
     device = torch.device(cfg.device)
-    avatar = Avatar.load(cfg.run, device).eval()
+    avatar = load_avatar(cfg.run, device)
     manifest = read_manifest(cfg.data)
     tracks = load_tracks(cfg.data)
     size = cfg.size or manifest.size

@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 
 from avatar3d.core import video
-from avatar3d.core.dataset import DatasetPaths, Label, Manifest, blendshape_index, load_tracks
+from avatar3d.core.dataset import DatasetPaths, Label, Manifest, load_tracks
+from avatar3d.core.vocab import blendshape_index
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_path
 from avatar3d.core.masks import iter_masks

@@ -37,21 +37,9 @@ from avatar3d.errors import UserError
 from avatar3d.core.masks import MaskWriter
 from avatar3d.preprocess.background import grow, masked_median, sample_indices
 from avatar3d.preprocess.prefetch import prefetch
+from avatar3d.core.vocab import CHIN, FACE_OVAL, FOREHEAD, FOREHEAD_SKIN, INNER_LIPS
 
 VERSION = 1
-
-# The closed face-oval contour of mediapipe's 478-point face mesh, in order (FACE_OVAL).
-FACE_OVAL: tuple[int, ...] = (
-    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
-)
-# The closed inner-lip contour (the mouth opening), in order.
-INNER_LIPS: tuple[int, ...] = (
-    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
-)
-FOREHEAD = 10  # top of the face oval
-CHIN = 152  # bottom of the face oval
-FOREHEAD_SKIN = (151, 9, 108, 337, 69, 299, 104, 333)  # mesh points on the forehead's skin
 
 
 @dataclass(frozen=True)
@@ -204,7 +192,7 @@ def _fill_polygon(shape: tuple[int, int], polygon: np.ndarray, supersample: int)
     return mask
 
 
-def mouth_opening(inner_lips: np.ndarray) -> float:
+def inner_lip_height_px(inner_lips: np.ndarray) -> float:
     """Mean height (pixels) of the mouth opening: inner-lip polygon ``[20, 2]`` area / width."""
     x, y = inner_lips[:, 0].astype(np.float64), inner_lips[:, 1].astype(np.float64)
     area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
@@ -336,7 +324,7 @@ def label_frame(
             face = face | forehead_skin(frame, face, hair, geom, anchor, config)
         labels[hair] = Label.HAIR
         labels[face] = Label.FACE
-        if mouth_opening(geom.inner_lips) >= config.min_mouth_opening_px:
+        if inner_lip_height_px(geom.inner_lips) >= config.min_mouth_opening_px:
             labels[_fill_polygon(shape, geom.inner_lips, 8)] = Label.MOUTH
     return labels
 

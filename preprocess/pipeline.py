@@ -13,15 +13,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
-import numpy as np
 import tyro
 
 from avatar3d import fsutil
@@ -35,6 +33,7 @@ from avatar3d.core.dataset import (
     read_manifest,
     sha256_file,
 )
+from avatar3d.core.config import json_safe
 from avatar3d.errors import UserError
 from avatar3d.preprocess.audio_features import AudioFeatureConfig
 from avatar3d.preprocess.background import BackgroundConfig
@@ -76,26 +75,8 @@ class Stage:
     run: Callable[[DatasetPaths, Manifest], dict | None]
 
 
-def _jsonable(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _params_hash(*parts: Any) -> str:
-    text = json.dumps(_jsonable(list(parts)), sort_keys=True, default=str)
+    text = json.dumps(json_safe(list(parts)), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -204,7 +185,7 @@ def _report(manifest: Manifest, stats: dict[str, dict], root: Path) -> dict:
     track = stats.get("track", {})
     pose = stats.get("pose", {})
     n = manifest.num_frames
-    return _jsonable({
+    return json_safe({
         "source": manifest.source_name,
         "frames": n,
         "fps": manifest.fps,
@@ -327,7 +308,7 @@ def run_preprocess(config: PreprocessConfig) -> Path:
             t0 = time.perf_counter()
             stage_stats = stage.run(paths, manifest) or {}
             manifest.stages[stage.name] = StageRecord(stage.version, time.perf_counter() - t0, stage.params)
-            stats[stage.name] = _jsonable(stage_stats)
+            stats[stage.name] = json_safe(stage_stats)
             fsutil.write_json(paths.manifest, manifest.to_json())
             fsutil.write_json(paths.report, {"stages": stats})  # keeps stats for a resumed run
         manifest.files = {}

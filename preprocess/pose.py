@@ -32,18 +32,10 @@ import numpy as np
 from avatar3d import fsutil
 from avatar3d.core.dataset import DatasetPaths, Manifest
 from avatar3d.preprocess.track import fill_gaps
+from avatar3d.core.vocab import RIGID_LANDMARKS
 
 VERSION = 1
 
-# Rigid mediapipe face-mesh landmarks: forehead, glabella/nasion, nose bridge and tip, alar base,
-# inner and outer eye corners, cheekbones, temples.
-RIGID_LANDMARKS: tuple[int, ...] = (
-    10, 151, 9, 8, 108, 337, 109, 338, 67, 297, 103, 332, 54, 284,  # forehead
-    168, 6, 197, 195, 5, 4, 1, 98, 327,  # nose bridge, tip, alar base
-    33, 133, 362, 263,  # eye corners
-    116, 345, 117, 346, 123, 352,  # cheekbones
-    127, 356, 162, 389, 21, 251,  # temples
-)
 # Landmarks that define the face-aligned canonical frame and its scale.
 _RIGHT_CHEEK, _LEFT_CHEEK = 234, 454  # face outline at eye level (image left / right when frontal)
 _FOREHEAD, _CHIN = 10, 152

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from avatar3d import fsutil
-from avatar3d.core.dataset import BLENDSHAPE_NAMES, FPS, DatasetPaths, Manifest
+from avatar3d.core.dataset import FPS, DatasetPaths, Manifest
+from avatar3d.core.vocab import BLENDSHAPE_NAMES, NUM_LANDMARKS
 from avatar3d.errors import UserError
 from avatar3d.models import face_landmarker_path
 from avatar3d.core.video import iter_frames
 
 VERSION = 1
-NUM_LANDMARKS = 478
 NUM_BLENDSHAPES = len(BLENDSHAPE_NAMES)  # 52
 
 

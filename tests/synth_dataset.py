@@ -1,4 +1,6 @@
-"""A tiny synthetic dataset with known geometry, for the parse/background/contact-sheet tests.
+"""Tiny synthetic datasets with known geometry, shared by the tests.
+
+1. For the parse/background/contact-sheet tests (:func:`make_dataset`):
 
 A cartoon head (skin ellipse, dark hair cap, open mouth) and shoulders over a smooth static
 background; the head slides sideways over the clip. Landmarks are placed exactly: the face-oval
@@ -7,15 +9,22 @@ the face centre. Pose: a pinhole camera and a head at 40 cm, turned by the same 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avatar3d.core import video
-from avatar3d.core.dataset import FORMAT_VERSION, DatasetPaths, Manifest, default_split
+from avatar3d.core.camera import Camera
+from avatar3d.core.dataset import FORMAT_VERSION, DatasetPaths, Label, Manifest, default_split
+from avatar3d.core.vocab import BLENDSHAPE_NAMES, FACE_OVAL, INNER_LIPS, MOUTH_LANDMARKS, blendshape_index
 from avatar3d.fsutil import write_json
-from avatar3d.preprocess.parse import FACE_OVAL, INNER_LIPS
+from avatar3d.gaussian.config import FitParams
+from avatar3d.gaussian.deform import DeformConfig
+from avatar3d.gaussian.gaussians import StrategyConfig
+from avatar3d.gaussian.rasterize import rasterize
 
 SKIN = (225, 170, 140)
 HAIR = (50, 35, 25)
@@ -115,3 +124,134 @@ def make_dataset(root: Path, n: int = 12, size: int = 128, lost: tuple[int, ...]
     )
     write_json(paths.manifest, manifest.to_json())
     return paths, manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. For fit, render and eval (:func:`make_fit_dataset`): a head rendered from known Gaussians
+# whose jaw opens and closes, with tracks, masks, plate and mel features.
+
+FIT_SIZE = 64
+FIT_FRAMES = 30
+
+
+def _ellipsoid_surface(n: int, radii, g: torch.Generator, front_only: bool) -> torch.Tensor:
+    d = torch.randn(n, 3, generator=g)
+    d = d / d.norm(dim=1, keepdim=True)
+    if front_only:
+        d[:, 2] = -d[:, 2].abs()  # the camera looks along +z from z < 0
+    return d * torch.tensor(radii)
+
+
+def make_fit_dataset(root: Path, frames: int = FIT_FRAMES, size: int = FIT_SIZE) -> Path:
+    """A dataset in the preprocess layout, rendered from an ellipsoidal head of Gaussians whose
+    jaw opens with the ``jawOpen`` blendshape, under known head poses."""
+    import cv2
+
+    from avatar3d.fsutil import write_json
+    from avatar3d.core.masks import write_masks
+    from avatar3d.core.video import write_video
+
+    g = torch.Generator().manual_seed(0)
+    paths = DatasetPaths(root)
+    root.mkdir(parents=True)
+    # head: skin surface, hair cap on top, red lips and a dark mouth interior
+    skin = _ellipsoid_surface(700, (7.0, 9.0, 8.0), g, front_only=False)
+    skin_col = torch.stack([0.85 + 0.1 * torch.sin(skin[:, 0]), 0.65 + 0.1 * torch.cos(skin[:, 1]),
+                            0.5 + 0.05 * torch.sin(skin[:, 2])], 1)
+    hair = skin[:, 1] < -5.0
+    skin_col[hair] = torch.tensor([0.2, 0.15, 0.1])
+    eyes = ((skin[:, 0].abs() - 2.5).abs() < 1.0) & ((skin[:, 1] + 2.0).abs() < 0.8) & (skin[:, 2] < 0)
+    skin_col[eyes] = torch.tensor([0.1, 0.1, 0.3])
+    mouth_c = torch.tensor([0.0, 4.0, -7.0])
+    lips_u = mouth_c + torch.stack([torch.linspace(-2.5, 2.5, 30), torch.full((30,), -0.4), torch.zeros(30)], 1)
+    lips_l = mouth_c + torch.stack([torch.linspace(-2.5, 2.5, 30), torch.full((30,), 0.4), torch.zeros(30)], 1)
+    cavity = mouth_c + torch.tensor([0.0, 0.6, 1.0]) + torch.randn(80, 3, generator=g) * torch.tensor([1.2, 0.5, 0.3])
+    lower_face = (skin[:, 1] > 4.4) & (skin[:, 2] < 0)  # chin moves with the jaw
+
+    t_ = torch.arange(frames, dtype=torch.float32)
+    jaw = (0.5 + 0.5 * torch.sin(t_ * 0.7)).clamp(0, 1) ** 2  # [F]
+    yaw, pitch = 0.15 * torch.sin(t_ * 0.21), 0.1 * torch.cos(t_ * 0.17)
+    K = torch.tensor([[130.0, 0, size / 2], [0, 130.0, size / 2 - 2], [0, 0, 1]])
+    plate = torch.stack(torch.meshgrid(torch.linspace(0.2, 0.4, size), torch.linspace(0.3, 0.6, size), indexing="ij"), -1)
+    plate = torch.cat([plate, torch.full((size, size, 1), 0.5)], -1)  # [S, S, 3]
+    torso_rows = torch.arange(size)[:, None] > size * 0.85
+
+    # landmarks: canonical points on the front of the head, lips at MOUTH_LANDMARKS
+    canonical = _ellipsoid_surface(478, (6.5, 8.0, 7.5), g, front_only=True)
+    outer, inner = list(MOUTH_LANDMARKS[:20]), list(MOUTH_LANDMARKS[20:])
+    ang = torch.linspace(0, 2 * math.pi, 21)[:-1]
+    canonical[outer] = mouth_c + torch.stack([2.6 * torch.cos(ang), 0.9 * torch.sin(ang), torch.zeros(20)], 1)
+    canonical[inner] = mouth_c + torch.stack([2.0 * torch.cos(ang), 0.3 * torch.sin(ang), torch.zeros(20)], 1)
+
+    images, labels, Rs, ts, lms = [], [], [], [], []
+    for f in range(frames):
+        cy, sy, cp, sp = math.cos(yaw[f]), math.sin(yaw[f]), math.cos(pitch[f]), math.sin(pitch[f])
+        R = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ torch.tensor([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+        tv = torch.tensor([0.3 * math.sin(f * 0.3), 0.2 * math.cos(f * 0.25), 50.0])
+        open_ = 2.5 * float(jaw[f])
+        sk = skin.clone()
+        sk[lower_face, 1] += open_
+        means = torch.cat([sk, lips_u, lips_l + torch.tensor([0, open_, 0]), cavity])
+        cols = torch.cat([skin_col, torch.tensor([0.7, 0.2, 0.2]).expand(60, 3), torch.tensor([0.25, 0.05, 0.05]).expand(80, 3)])
+        cls = torch.cat([torch.where(hair[:, None], torch.tensor([0.0, 0, 1]), torch.tensor([1.0, 0, 0])),
+                         torch.tensor([1.0, 0, 0]).expand(60, 3), torch.tensor([0.0, 1, 0]).expand(80, 3)])
+        n = means.shape[0]
+        quats = torch.tensor([1.0, 0, 0, 0]).expand(n, 4)
+        scales = torch.full((n, 3), 0.6)
+        opac = torch.full((n,), 0.95)
+        cam = Camera.from_pose(K, R, tv, size, size)
+        both, alpha = rasterize(means, quats, scales, opac, torch.cat([cols, cls], 1), cam.K, cam.viewmat, size,
+                                size, backend="dense")
+        rgb, cls_img = both[..., :3], both[..., 3:]
+        back = torch.where(torso_rows[..., None], torch.tensor([0.1, 0.3, 0.2]), plate)
+        images.append(((rgb + (1 - alpha) * back) * 255).round().clamp(0, 255).to(torch.uint8).numpy())
+        lab = np.full((size, size), Label.BACKGROUND, np.uint8)
+        lab[torso_rows.expand(size, size).numpy()] = Label.TORSO
+        head = alpha[..., 0].numpy() > 0.5
+        kind = cls_img.argmax(-1).numpy()
+        lab[head & (kind == 0)] = Label.FACE
+        lab[head & (kind == 1)] = Label.MOUTH
+        lab[head & (kind == 2)] = Label.HAIR
+        labels.append(lab)
+        lm = canonical.clone()
+        lm[[i for i in inner + outer if canonical[i, 1] > mouth_c[1]], 1] += open_
+        pc = lm @ R.T + tv
+        uv = pc @ K.T
+        depth_px = (pc[:, 2:] - pc[:, 2].mean()) * K[0, 0] / pc[:, 2].mean()  # relative z on the x scale (mediapipe)
+        lms.append(torch.cat([uv[:, :2] / uv[:, 2:], depth_px], 1).numpy())
+        Rs.append(R.numpy())
+        ts.append(tv.numpy())
+
+    write_video(paths.frames, images, crf=12)
+    write_masks(paths.masks, labels)
+    cv2.imwrite(str(paths.background), (plate.numpy()[..., ::-1] * 255).round().astype(np.uint8))
+    bs = np.zeros((frames, len(BLENDSHAPE_NAMES)), np.float32)
+    bs[:, blendshape_index("jawOpen")] = jaw.numpy()
+    np.savez_compressed(
+        paths.tracks, landmarks=np.stack(lms).astype(np.float32), blendshapes=bs, valid=np.ones(frames, bool),
+        interpolated=np.zeros(frames, bool), K=K.numpy(), R=np.stack(Rs), t=np.stack(ts),
+        canonical=canonical.numpy(),
+    )
+    paths.features_dir.mkdir()
+    mel = np.random.default_rng(0).normal(size=(frames, 4, 80)).astype(np.float32) * 0.1
+    mel[:, :, :10] += jaw.numpy()[:, None, None]  # audio that carries the jaw
+    np.save(paths.features("mel"), mel)
+    manifest = Manifest(
+        format_version=FORMAT_VERSION, source_name="synthetic", source_sha256="0" * 64, source_fps=25.0,
+        source_duration=frames / 25, fps=25, size=size, num_frames=frames, crop=(0, 0, size),
+        split=default_split(frames, 0.2),
+    )
+    write_json(paths.manifest, manifest.to_json())
+    return root
+
+
+def tiny_fit_params(**kw) -> FitParams:
+    """FitParams small enough for a fit of the fit dataset in seconds (48 px window)."""
+    base = FitParams(
+        steps=200, window="head", image_size=48, num_face=600, num_mouth=60, lr_means=5e-4,
+        deform=DeformConfig(num_levels=4, log2_table_size=10, max_resolution=64, hidden=24, cond_dim=8),
+        strategy=StrategyConfig(refine_start=60, refine_stop=150, refine_every=30, reset_every=0,
+                                grad_threshold=0.0003, split_scale=0.02, max_gaussians=1200),
+        checkpoint_every=50, log_every=10,
+    )
+    return replace(base, **kw)

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 
 from avatar3d.audio import features as A
-from avatar3d.core.dataset import AUDIO_RATE, FORMAT_VERSION, DatasetPaths, Manifest, blendshape_index, default_split
+from avatar3d.core.dataset import AUDIO_RATE, FORMAT_VERSION, DatasetPaths, Manifest, default_split
+from avatar3d.core.vocab import blendshape_index
 from avatar3d.errors import UserError
 from avatar3d.preprocess.audio_features import AudioFeatureConfig, run_audio_features
 from avatar3d.preprocess.pipeline import av_offset_warning

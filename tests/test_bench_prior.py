@@ -37,7 +37,7 @@ def test_own_audio_ridge_finds_what_the_audio_says_and_not_past_the_look_ahead()
     unpredictable, shifted by the clip's 6-frame offset they are predictable."""
     bench = _bench_module()
     rng = np.random.default_rng(0)
-    n, m = 1000, len(P.MOTION_NAMES)
+    n, m = 1000, len(P.SPEECH_CHANNELS)
     latent = rng.normal(size=(n, 4, 8))  # mel bands move together, as in speech: 8 factors
     feats = (latent @ rng.normal(size=(8, 80))).astype(np.float32)
     drive = latent.mean(axis=1)[:, 0]  # [N]

@@ -1,22 +1,24 @@
 """The face deformation field's conditioning: which blendshapes may move which part of the face."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from avatar3d.core.dataset import BLENDSHAPE_NAMES, blendshape_index
-from avatar3d.gaussian.deform import DeformConfig, FaceDeformer
-from avatar3d.audio.prior import MOTION_NAMES
+from avatar3d.core.vocab import BLENDSHAPE_NAMES, SPEECH_CHANNELS, blendshape_index
+from avatar3d.gaussian.deform import DeformConfig, FaceDeformer, MotionStats
 
 
-def _field() -> FaceDeformer:
+def _field(stats: MotionStats | None = None) -> FaceDeformer:
+    """A field whose lower face starts at canonical y = 0, reading blendshapes that vary by ~0.05
+    (standardised inputs of order 1), unclamped unless ``stats`` say otherwise."""
     config = DeformConfig(num_levels=2, log2_table_size=8, max_resolution=32, hidden=16, cond_dim=8)
-    field = FaceDeformer(config, len(BLENDSHAPE_NAMES), None, torch.full((3,), -10.0), torch.full((3,), 10.0))
+    M = len(BLENDSHAPE_NAMES)
+    stats = stats or MotionStats.unclamped(torch.zeros(M), torch.full((M,), 0.05))
+    field = FaceDeformer(config, None, torch.full((3,), -10.0), torch.full((3,), 10.0), stats, lower_face_y=0.0)
     g = torch.Generator().manual_seed(0)
     field.reset_parameters(g)
     with torch.no_grad():  # a field that has learned something: the last layer is no longer zero
         field.mlp[-1].weight.normal_(0, 0.5, generator=g)
-        field.motion_scale.fill_(0.05)  # blendshapes vary by ~0.05: standardised inputs of order 1
-    field.set_lower_face(0.0)
     return field
 
 
@@ -47,19 +49,18 @@ def _lower_face_change(field: FaceDeformer, channel: str, value: float) -> float
 
 
 def test_speech_channels_move_the_lower_face():
-    assert "jawOpen" in MOTION_NAMES
+    assert "jawOpen" in SPEECH_CHANNELS
     assert _lower_face_change(_field(), "jawOpen", 1.0) > 1e-2
 
 
 def test_the_code_is_clamped_to_the_range_it_was_fitted_on():
     """Beyond the training frames' 0.5-99.5 % range a channel acts as at the range's edge (the
     field extrapolates badly there); within it nothing is clamped."""
-    field = _field()
     points = torch.tensor([[0.0, 5.0, 0.0]])
     k = blendshape_index("mouthShrugLower")
     g = torch.Generator().manual_seed(1)
     train = torch.rand(1000, len(BLENDSHAPE_NAMES), generator=g) * 0.5  # every channel in [0, 0.5)
-    field.set_motion_stats(train)
+    field = _field(MotionStats.of_codes(train))
     lo, hi = float(field.motion_lo[k]), float(field.motion_hi[k])
     assert 0.0 <= lo < 0.01 and 0.49 < hi <= 0.5
 
@@ -73,5 +74,16 @@ def test_the_code_is_clamped_to_the_range_it_was_fitted_on():
     assert (moved(0.4) - moved(0.1)).abs().max() > 1e-3  # inside the range the channel still acts
 
 
-def test_a_field_without_fitted_stats_does_not_clamp():
-    assert _lower_face_change(_field(), "jawOpen", 50.0) > 0
+def test_a_field_without_a_fitted_range_does_not_clamp():
+    """Unclamped, a channel keeps acting far beyond any training range: jawOpen at 50 moves the
+    lower face otherwise than at 2 (clamped to [0, 1], both would act as 1)."""
+    field = _field()
+    assert abs(_lower_face_change(field, "jawOpen", 50.0) - _lower_face_change(field, "jawOpen", 2.0)) > 1e-3
+    clamped = _field(MotionStats(torch.zeros(52), torch.full((52,), 0.05), torch.zeros(52), torch.ones(52)))
+    assert _lower_face_change(clamped, "jawOpen", 50.0) == _lower_face_change(clamped, "jawOpen", 2.0)
+
+
+def test_the_motion_code_must_be_the_52_blendshapes():
+    config = DeformConfig(num_levels=2, log2_table_size=8, max_resolution=32, hidden=16, cond_dim=8)
+    with pytest.raises(ValueError, match="52"):
+        FaceDeformer(config, None, torch.zeros(3), torch.ones(3), MotionStats.unclamped(torch.zeros(30), torch.ones(30)), 0.0)

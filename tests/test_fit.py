@@ -11,171 +11,30 @@ import numpy as np
 import pytest
 import torch
 
-from avatar3d.gaussian.avatar import Avatar, Conditioning
-from avatar3d.core.dataset import (
-    BLENDSHAPE_NAMES,
-    FORMAT_VERSION,
-    DatasetPaths,
-    Label,
-    Manifest,
-    blendshape_index,
-    default_split,
-)
-from avatar3d.gaussian.deform import DeformConfig
+from avatar3d.core.avatar import Conditioning, load_avatar
+from avatar3d.core.camera import Camera
+from avatar3d.core.vocab import BLENDSHAPE_NAMES, blendshape_index
+from avatar3d.drive.metrics import psnr
+from avatar3d.drive.val import val_metrics
 from avatar3d.errors import UserError
-from avatar3d.fit import (
-    PRESETS,
-    FitConfig,
-    FitParams,
-    evaluate,
-    Target,
-    branch_loss,
-    closed_mouth_canonical,
-    init_avatar,
-    landmark_guidance,
-    lip_box,
-    shut_cover_loss,
-    swap_other_channels,
-    turned,
-    load_fit_data,
-    params_from_json,
-    resolve_preset,
-    run_fit,
-)
+from avatar3d.fit import FitConfig, run_fit
+from avatar3d.gaussian.avatar import GaussianAvatar
+from avatar3d.gaussian.config import PRESETS, FitParams, params_from_json, resolve_preset
+from avatar3d.gaussian.data import closed_mouth_canonical, load_fit_data
 from avatar3d.gaussian.gaussians import StrategyConfig
-from avatar3d.drive.metrics import MOUTH_LANDMARKS
+from avatar3d.gaussian.init import init_avatar
+from avatar3d.gaussian.losses import Target, branch_loss, landmark_guidance, lip_box, shut_cover_loss, turned
 from avatar3d.gaussian.ply import read_ply
-from avatar3d.gaussian.rasterize import Camera, rasterize
+from avatar3d.gaussian.trainer import swap_other_channels
+from synth_dataset import FIT_FRAMES as FRAMES
+from synth_dataset import FIT_SIZE as SIZE
+from synth_dataset import make_fit_dataset, tiny_fit_params
 
-SIZE = 64
-FRAMES = 30
-
-
-def _ellipsoid_surface(n: int, radii, g: torch.Generator, front_only: bool) -> torch.Tensor:
-    d = torch.randn(n, 3, generator=g)
-    d = d / d.norm(dim=1, keepdim=True)
-    if front_only:
-        d[:, 2] = -d[:, 2].abs()  # the camera looks along +z from z < 0
-    return d * torch.tensor(radii)
-
-
-def make_synthetic_dataset(root: Path, frames: int = FRAMES, size: int = SIZE) -> Path:
-    """A dataset in the preprocess layout, rendered from an ellipsoidal head of Gaussians whose
-    jaw opens with the ``jawOpen`` blendshape, under known head poses."""
-    import cv2
-
-    from avatar3d.fsutil import write_json
-    from avatar3d.core.masks import write_masks
-    from avatar3d.core.video import write_video
-
-    g = torch.Generator().manual_seed(0)
-    paths = DatasetPaths(root)
-    root.mkdir(parents=True)
-    # head: skin surface, hair cap on top, red lips and a dark mouth interior
-    skin = _ellipsoid_surface(700, (7.0, 9.0, 8.0), g, front_only=False)
-    skin_col = torch.stack([0.85 + 0.1 * torch.sin(skin[:, 0]), 0.65 + 0.1 * torch.cos(skin[:, 1]),
-                            0.5 + 0.05 * torch.sin(skin[:, 2])], 1)
-    hair = skin[:, 1] < -5.0
-    skin_col[hair] = torch.tensor([0.2, 0.15, 0.1])
-    eyes = ((skin[:, 0].abs() - 2.5).abs() < 1.0) & ((skin[:, 1] + 2.0).abs() < 0.8) & (skin[:, 2] < 0)
-    skin_col[eyes] = torch.tensor([0.1, 0.1, 0.3])
-    mouth_c = torch.tensor([0.0, 4.0, -7.0])
-    lips_u = mouth_c + torch.stack([torch.linspace(-2.5, 2.5, 30), torch.full((30,), -0.4), torch.zeros(30)], 1)
-    lips_l = mouth_c + torch.stack([torch.linspace(-2.5, 2.5, 30), torch.full((30,), 0.4), torch.zeros(30)], 1)
-    cavity = mouth_c + torch.tensor([0.0, 0.6, 1.0]) + torch.randn(80, 3, generator=g) * torch.tensor([1.2, 0.5, 0.3])
-    lower_face = (skin[:, 1] > 4.4) & (skin[:, 2] < 0)  # chin moves with the jaw
-
-    t_ = torch.arange(frames, dtype=torch.float32)
-    jaw = (0.5 + 0.5 * torch.sin(t_ * 0.7)).clamp(0, 1) ** 2  # [F]
-    yaw, pitch = 0.15 * torch.sin(t_ * 0.21), 0.1 * torch.cos(t_ * 0.17)
-    K = torch.tensor([[130.0, 0, size / 2], [0, 130.0, size / 2 - 2], [0, 0, 1]])
-    plate = torch.stack(torch.meshgrid(torch.linspace(0.2, 0.4, size), torch.linspace(0.3, 0.6, size), indexing="ij"), -1)
-    plate = torch.cat([plate, torch.full((size, size, 1), 0.5)], -1)  # [S, S, 3]
-    torso_rows = torch.arange(size)[:, None] > size * 0.85
-
-    # landmarks: canonical points on the front of the head, lips at MOUTH_LANDMARKS
-    canonical = _ellipsoid_surface(478, (6.5, 8.0, 7.5), g, front_only=True)
-    outer, inner = list(MOUTH_LANDMARKS[:20]), list(MOUTH_LANDMARKS[20:])
-    ang = torch.linspace(0, 2 * math.pi, 21)[:-1]
-    canonical[outer] = mouth_c + torch.stack([2.6 * torch.cos(ang), 0.9 * torch.sin(ang), torch.zeros(20)], 1)
-    canonical[inner] = mouth_c + torch.stack([2.0 * torch.cos(ang), 0.3 * torch.sin(ang), torch.zeros(20)], 1)
-
-    images, labels, Rs, ts, lms = [], [], [], [], []
-    for f in range(frames):
-        cy, sy, cp, sp = math.cos(yaw[f]), math.sin(yaw[f]), math.cos(pitch[f]), math.sin(pitch[f])
-        R = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]) @ torch.tensor([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
-        tv = torch.tensor([0.3 * math.sin(f * 0.3), 0.2 * math.cos(f * 0.25), 50.0])
-        open_ = 2.5 * float(jaw[f])
-        sk = skin.clone()
-        sk[lower_face, 1] += open_
-        means = torch.cat([sk, lips_u, lips_l + torch.tensor([0, open_, 0]), cavity])
-        cols = torch.cat([skin_col, torch.tensor([0.7, 0.2, 0.2]).expand(60, 3), torch.tensor([0.25, 0.05, 0.05]).expand(80, 3)])
-        cls = torch.cat([torch.where(hair[:, None], torch.tensor([0.0, 0, 1]), torch.tensor([1.0, 0, 0])),
-                         torch.tensor([1.0, 0, 0]).expand(60, 3), torch.tensor([0.0, 1, 0]).expand(80, 3)])
-        n = means.shape[0]
-        quats = torch.tensor([1.0, 0, 0, 0]).expand(n, 4)
-        scales = torch.full((n, 3), 0.6)
-        opac = torch.full((n,), 0.95)
-        cam = Camera.from_pose(K, R, tv, size, size)
-        both, alpha = rasterize(means, quats, scales, opac, torch.cat([cols, cls], 1), cam.K, cam.viewmat, size,
-                                size, backend="dense")
-        rgb, cls_img = both[..., :3], both[..., 3:]
-        back = torch.where(torso_rows[..., None], torch.tensor([0.1, 0.3, 0.2]), plate)
-        images.append(((rgb + (1 - alpha) * back) * 255).round().clamp(0, 255).to(torch.uint8).numpy())
-        lab = np.full((size, size), Label.BACKGROUND, np.uint8)
-        lab[torso_rows.expand(size, size).numpy()] = Label.TORSO
-        head = alpha[..., 0].numpy() > 0.5
-        kind = cls_img.argmax(-1).numpy()
-        lab[head & (kind == 0)] = Label.FACE
-        lab[head & (kind == 1)] = Label.MOUTH
-        lab[head & (kind == 2)] = Label.HAIR
-        labels.append(lab)
-        lm = canonical.clone()
-        lm[[i for i in inner + outer if canonical[i, 1] > mouth_c[1]], 1] += open_
-        pc = lm @ R.T + tv
-        uv = pc @ K.T
-        depth_px = (pc[:, 2:] - pc[:, 2].mean()) * K[0, 0] / pc[:, 2].mean()  # relative z on the x scale (mediapipe)
-        lms.append(torch.cat([uv[:, :2] / uv[:, 2:], depth_px], 1).numpy())
-        Rs.append(R.numpy())
-        ts.append(tv.numpy())
-
-    write_video(paths.frames, images, crf=12)
-    write_masks(paths.masks, labels)
-    cv2.imwrite(str(paths.background), (plate.numpy()[..., ::-1] * 255).round().astype(np.uint8))
-    bs = np.zeros((frames, len(BLENDSHAPE_NAMES)), np.float32)
-    bs[:, blendshape_index("jawOpen")] = jaw.numpy()
-    np.savez_compressed(
-        paths.tracks, landmarks=np.stack(lms).astype(np.float32), blendshapes=bs, valid=np.ones(frames, bool),
-        interpolated=np.zeros(frames, bool), K=K.numpy(), R=np.stack(Rs), t=np.stack(ts),
-        canonical=canonical.numpy(),
-    )
-    paths.features_dir.mkdir()
-    mel = np.random.default_rng(0).normal(size=(frames, 4, 80)).astype(np.float32) * 0.1
-    mel[:, :, :10] += jaw.numpy()[:, None, None]  # audio that carries the jaw
-    np.save(paths.features("mel"), mel)
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, source_name="synthetic", source_sha256="0" * 64, source_fps=25.0,
-        source_duration=frames / 25, fps=25, size=size, num_frames=frames, crop=(0, 0, size),
-        split=default_split(frames, 0.2),
-    )
-    write_json(paths.manifest, manifest.to_json())
-    return root
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data")
-
-
-def _params(**kw) -> FitParams:
-    base = FitParams(
-        steps=200, window="head", image_size=48, num_face=600, num_mouth=60, lr_means=5e-4,
-        deform=DeformConfig(num_levels=4, log2_table_size=10, max_resolution=64, hidden=24, cond_dim=8),
-        strategy=StrategyConfig(refine_start=60, refine_stop=150, refine_every=30, reset_every=0,
-                                grad_threshold=0.0003, split_scale=0.02, max_gaussians=1200),
-        checkpoint_every=50, log_every=10,
-    )
-    return replace(base, **kw)
+    return make_fit_dataset(tmp_path_factory.mktemp("synthetic") / "data")
 
 
 def _preset_file(tmp_path: Path, params: FitParams) -> str:
@@ -185,11 +44,12 @@ def _preset_file(tmp_path: Path, params: FitParams) -> str:
 
 
 def test_fit_learns_the_synthetic_head(synthetic, tmp_path):
-    params = _params()
+    params = tiny_fit_params()
     data = load_fit_data(synthetic, params)
-    assert data.images.shape == (FRAMES, 48, 48, 3) and data.window.side <= SIZE
-    start, _ = evaluate(init_avatar(data, params, torch.Generator().manual_seed(0)), data, params, "cpu",
-                        landmarks=False)
+    assert data.frames.count == FRAMES and data.frame(0).image.shape == (48, 48, 3) and data.window.side <= SIZE
+    assert data.frames.form == "raw" and data.drawable(0) == len(data.train)
+    start, _ = val_metrics(init_avatar(data, params, torch.Generator().manual_seed(0)), data, data.frame, "cpu",
+                           landmarks=False)
     run = tmp_path / "run"
     metrics = run_fit(FitConfig(synthetic, run, preset=_preset_file(tmp_path, params), device="cpu", progress=False, threads=1))
     assert metrics["psnr_head"] > start["psnr_head"] + 6.0, (start, metrics)
@@ -202,7 +62,8 @@ def test_fit_learns_the_synthetic_head(synthetic, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert params_from_json(config["params"]) == params
     assert not (run / "checkpoint.pt").exists() and not (tmp_path / ".run.partial").exists()
-    avatar = Avatar.load(run)
+    avatar = load_avatar(run)
+    assert isinstance(avatar, GaussianAvatar) and not avatar.training
     nf, nm = avatar.num_gaussians()
     assert (nf, nm) == (saved["num_face"], saved["num_mouth"]) and nf > 0 and nm == 60
     ply = read_ply(run / "avatar.ply")
@@ -266,21 +127,21 @@ def test_branch_loss_still_splits_a_thin_mouth_at_low_resolution():
 
 
 def test_swap_other_channels_keeps_the_prior_driven_ones():
-    from avatar3d.audio.prior import MOTION_NAMES
+    from avatar3d.core.vocab import SPEECH_CHANNELS
 
     cond = Conditioning(torch.zeros(1, len(BLENDSHAPE_NAMES)), torch.ones(1, 4, 3))
     swapped = swap_other_channels(cond, torch.ones(len(BLENDSHAPE_NAMES)))
-    driven = [blendshape_index(n) for n in MOTION_NAMES]
+    driven = [blendshape_index(n) for n in SPEECH_CHANNELS]
     others = [k for k in range(len(BLENDSHAPE_NAMES)) if k not in driven]
     assert float(swapped.motion[0, driven].abs().max()) == 0.0  # the mouth code stays this frame's
-    assert float(swapped.motion[0, others].min()) == 1.0 and len(others) == len(BLENDSHAPE_NAMES) - len(MOTION_NAMES)
+    assert float(swapped.motion[0, others].min()) == 1.0 and len(others) == len(BLENDSHAPE_NAMES) - len(SPEECH_CHANNELS)
     assert swapped.audio is cond.audio
 
 
 def test_landmark_guidance_teaches_the_field_where_the_lips_go(synthetic):
     """Optimising the guidance alone moves the field's lip landmarks onto the tracked ones: the
     lower lip drops with jawOpen, by about as much as the tracker saw."""
-    params = _params()
+    params = tiny_fit_params()
     data = load_fit_data(synthetic, params)
     torch.manual_seed(0)
     avatar = init_avatar(data, params, torch.Generator().manual_seed(0))
@@ -320,18 +181,18 @@ def test_landmark_guidance_teaches_the_field_where_the_lips_go(synthetic):
 
 
 def test_fit_with_audio_features_learns(synthetic, tmp_path):
-    params = _params(steps=120, audio_features="mel", audio_window=4)
+    params = tiny_fit_params(steps=120, audio_features="mel", audio_window=4)
     metrics = run_fit(FitConfig(synthetic, tmp_path / "run", preset=_preset_file(tmp_path, params), device="cpu",
                                 progress=False))
     assert metrics["psnr_head"] > 20.0
-    avatar = Avatar.load(tmp_path / "run")
+    avatar = load_avatar(tmp_path / "run")
     assert avatar.spec.audio_features == "mel" and avatar.spec.audio_window == 4
     with pytest.raises(ValueError, match="audio"):
         avatar.render(Conditioning(torch.zeros(1, 52)), Camera(torch.eye(3), torch.eye(4), 8, 8))
 
 
 def test_resume_after_a_kill_continues_from_the_checkpoint(synthetic, tmp_path):
-    params = _params(steps=12, checkpoint_every=5,
+    params = tiny_fit_params(steps=12, checkpoint_every=5,
                      strategy=StrategyConfig(refine_start=4, refine_every=4, reset_every=0, grad_threshold=1e-4,
                                              split_scale=0.02, max_gaussians=1500))
     preset = _preset_file(tmp_path, params)
@@ -346,7 +207,9 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(synthetic, tmp_path):
         run_fit(cfg, on_step=kill_at_7)
     assert (tmp_path / ".b.partial" / "checkpoint.pt").is_file() and not (tmp_path / "b").exists()
     seen: list[int] = []
-    resumed = run_fit(replace(cfg, resume=True, preset="default"), on_step=seen.append)  # saved params win
+    with pytest.raises(UserError, match="--resume continues .* steps .*differ"):  # other params: refused
+        run_fit(replace(cfg, resume=True, preset="tiny"))
+    resumed = run_fit(replace(cfg, resume=True, preset=""), on_step=seen.append)  # the saved params
     assert seen == list(range(6, 13))  # continued after the step-5 checkpoint
     a = torch.load(tmp_path / "a" / "avatar.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "avatar.pt", weights_only=True)
@@ -358,11 +221,19 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(synthetic, tmp_path):
         run_fit(replace(cfg, resume=True))
 
 
-def test_presets_and_their_json_files_agree():
+def test_presets_resolve_from_names_json_files_and_runs(tmp_path):
     for name, params in PRESETS.items():
-        path = Path(__file__).resolve().parents[1] / "configs" / f"fit_{name}.json"
-        assert params_from_json(json.loads(path.read_text())) == params, f"{path} is stale"
+        assert resolve_preset(name) == params
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(params.to_json()))
         assert resolve_preset(str(path)) == params
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"steps": 77, "strategy": {"max_gaussians": 9}}))
+    got = resolve_preset(str(partial))  # fields left out keep the default preset's values
+    assert got == replace(PRESETS["default"], steps=77, strategy=replace(PRESETS["default"].strategy, max_gaussians=9))
+    run_config = tmp_path / "config.json"
+    run_config.write_text(json.dumps({"fit": {"data": "d"}, "params": PRESETS["tiny"].to_json()}))
+    assert resolve_preset(str(run_config)) == PRESETS["tiny"]
     assert PRESETS["tiny"].image_size == 128 and PRESETS["tiny"].window == "head"
     assert PRESETS["small"].image_size == 256 and PRESETS["small"].window == "head"
     with pytest.raises(UserError, match="unknown FitParams keys"):
@@ -379,25 +250,25 @@ def test_bad_dataset_is_a_user_error(tmp_path):
 
 
 def test_an_avatar_from_another_version_is_a_user_error(synthetic, tmp_path):
-    params = _params()
+    params = tiny_fit_params()
     avatar = init_avatar(load_fit_data(synthetic, params), params, torch.Generator().manual_seed(0))
     avatar.save(tmp_path)
     state = torch.load(tmp_path / "avatar.pt", weights_only=True)
     del state["face_deform.speech_channels"]  # as saved by an avatar3d before the split encoders
     torch.save(state, tmp_path / "avatar.pt")
     with pytest.raises(UserError, match="does not fit this version of avatar3d.*avatar3d fit"):
-        Avatar.load(tmp_path)
+        GaussianAvatar.load(tmp_path)
 
 
 def test_an_avatar_fitted_before_the_code_range_loads_unclamped(synthetic, tmp_path):
-    params = _params()
+    params = tiny_fit_params()
     avatar = init_avatar(load_fit_data(synthetic, params), params, torch.Generator().manual_seed(0))
     assert torch.isfinite(avatar.face_deform.motion_hi).all()  # fit sets the training range
     avatar.save(tmp_path)
     state = torch.load(tmp_path / "avatar.pt", weights_only=True)
     del state["face_deform.motion_lo"], state["face_deform.motion_hi"]
     torch.save(state, tmp_path / "avatar.pt")
-    old = Avatar.load(tmp_path)
+    old = GaussianAvatar.load(tmp_path)
     assert torch.isinf(old.face_deform.motion_lo).all() and torch.isinf(old.face_deform.motion_hi).all()
 
 
@@ -405,7 +276,7 @@ def test_shut_cover_loss_renders_the_turned_lip_box_and_moves_only_the_face(synt
     """The loss is the mouth branch's share over the lip box of a render from the turned pose
     (the box alone is rasterized: it must match the same box of a whole-window render), and its
     gradient reaches the face Gaussians but not the mouth branch's."""
-    params = _params(shut_jitter_deg=3.0)
+    params = tiny_fit_params(shut_jitter_deg=3.0)
     data = load_fit_data(synthetic, params)
     avatar = init_avatar(data, params, torch.Generator().manual_seed(0))
     i = int(data.train[0])
@@ -436,15 +307,14 @@ def test_closed_mouth_canonical_takes_the_lips_of_the_shut_frames():
     """Frames turning left and right, half with the mouth shut and half open; the canonical face
     (the clip's mean shape) has the lips half open. The closed-mouth canonical recovers the shut
     lips, and keeps the rigid points."""
-    from avatar3d.preprocess.pose import RIGID_LANDMARKS
-    from avatar3d.drive.sync import LOWER_INNER_LIP, UPPER_INNER_LIP
+    from avatar3d.core.vocab import LOWER_INNER_LIP_MID, RIGID_LANDMARKS, UPPER_INNER_LIP_MID
 
     rng = np.random.default_rng(0)
     shut = rng.uniform(-5, 5, (478, 3)) * np.array([1.0, 1.0, 0.5])
-    shut[UPPER_INNER_LIP] = shut[LOWER_INNER_LIP] = [0.0, 2.0, 4.0]
+    shut[UPPER_INNER_LIP_MID] = shut[LOWER_INNER_LIP_MID] = [0.0, 2.0, 4.0]
     opened = shut.copy()
-    opened[UPPER_INNER_LIP, 1] -= 0.4
-    opened[LOWER_INNER_LIP, 1] += 0.4
+    opened[UPPER_INNER_LIP_MID, 1] -= 0.4
+    opened[LOWER_INNER_LIP_MID, 1] += 0.4
     K = np.array([[500.0, 0, 256], [0, 500.0, 256], [0, 0, 1]])
     n = 20
     yaw = np.linspace(-0.3, 0.3, n)  # about the head's y axis: lip moves along y keep their depth
@@ -456,7 +326,44 @@ def test_closed_mouth_canonical_takes_the_lips_of_the_shut_frames():
     landmarks = np.concatenate([uv[..., :2] / uv[..., 2:], np.zeros((n, 478, 1))], -1).astype(np.float32)
     tracks = {"canonical": ((shut + opened) / 2).astype(np.float32), "landmarks": landmarks, "K": K, "R": R, "t": t}
     closed = closed_mouth_canonical(tracks, np.arange(n))
-    np.testing.assert_allclose(closed[[UPPER_INNER_LIP, LOWER_INNER_LIP]], shut[[UPPER_INNER_LIP, LOWER_INNER_LIP]], atol=1e-4)
+    np.testing.assert_allclose(closed[[UPPER_INNER_LIP_MID, LOWER_INNER_LIP_MID]], shut[[UPPER_INNER_LIP_MID, LOWER_INNER_LIP_MID]], atol=1e-4)
     rigid = list(RIGID_LANDMARKS)
     np.testing.assert_array_equal(closed[rigid], tracks["canonical"][rigid])
-    assert UPPER_INNER_LIP not in rigid and LOWER_INNER_LIP not in rigid
+    assert UPPER_INNER_LIP_MID not in rigid and LOWER_INNER_LIP_MID not in rigid
+
+
+def test_any_preset_field_can_be_overridden_on_the_command_line(synthetic, tmp_path):
+    """`--preset FILE --params.steps N --params.strategy.max-gaussians M` fits with the file's
+    parameters but those two fields, and the run's config.json says so."""
+    from avatar3d.cli import main
+
+    preset = _preset_file(tmp_path, tiny_fit_params(steps=50))
+    run = tmp_path / "run"
+    rc = main(["fit", str(synthetic), "-o", str(run), "--preset", preset, "--params.steps", "3",
+               "--params.strategy.max-gaussians", "900", "--params.prior-finetune-steps", "0", "--device", "cpu",
+               "--no-progress"])
+    assert rc == 0
+    saved = params_from_json(json.loads((run / "config.json").read_text())["params"])
+    assert saved == tiny_fit_params(steps=3, prior_finetune_steps=0,
+                                    strategy=replace(tiny_fit_params().strategy, max_gaussians=900))
+    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and {"l1", "dssim", "alpha", "total", "psnr_head"} <= set(rows[-1])
+    assert (run / "losses.png").is_file() and (run / "scene.json").is_file()
+
+
+def test_streamed_jpeg_frames_match_the_raw_ones_and_unlock_by_step(synthetic):
+    """Frames held as JPEG (the long-clip form) decode to within JPEG error of the raw ones, masks
+    exactly; the drawable training frames grow with the step to all of them by stream_all_by."""
+    raw = load_fit_data(synthetic, tiny_fit_params())
+    jpeg = load_fit_data(synthetic, tiny_fit_params(frame_store="jpeg", stream_first_frames=5, stream_all_by=0.1))
+    assert raw.frames.form == "raw" and jpeg.frames.form == "jpeg"
+    jpeg.frames.wait(jpeg.num_frames)
+    for i in (0, int(jpeg.val[-1])):
+        a, b = raw.frame(i), jpeg.frame(i)
+        assert torch.equal(a.head, b.head) and torch.equal(a.mouth, b.mouth)
+        for x, y in ((a.image, b.image), (a.background, b.background)):
+            assert float(psnr(x.float() / 255, y.float() / 255)) > 38.0
+    assert jpeg.frames.nbytes() < raw.frames.nbytes()
+    steps = tiny_fit_params().steps  # 200: every training frame is drawable from step 20 on
+    assert jpeg.drawable(0) == 5 and jpeg.drawable(10) < len(jpeg.train) and jpeg.drawable(20) == len(jpeg.train)
+    assert raw.drawable(0) == len(raw.train) and steps == 200

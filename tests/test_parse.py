@@ -7,15 +7,8 @@ import pytest
 from avatar3d.core.dataset import Label
 from avatar3d.errors import UserError
 from avatar3d.core.masks import MaskWriter, iter_masks, read_masks, write_masks
-from avatar3d.preprocess.parse import (
-    FACE_OVAL,
-    INNER_LIPS,
-    ParseConfig,
-    confidences,
-    label_frame,
-    mouth_opening,
-    run_parse,
-)
+from avatar3d.preprocess.parse import ParseConfig, confidences, inner_lip_height_px, label_frame, run_parse
+from avatar3d.core.vocab import FACE_OVAL, INNER_LIPS
 from synth_dataset import FaceLayout, background_image, draw_frame, landmarks_for, layout, make_dataset
 
 
@@ -156,7 +149,7 @@ def test_mouth_opening_threshold():
         thin = FaceLayout(face.center, face.axes, face.mouth_center, (ma, half_height))
         lm = landmarks_for(thin)
         # mean height of an elliptic opening: pi * a * b / (2 * a)
-        assert abs(mouth_opening(lm[list(INNER_LIPS), :2]) - np.pi * half_height / 2) < 0.05 * half_height
+        assert abs(inner_lip_height_px(lm[list(INNER_LIPS), :2]) - np.pi * half_height / 2) < 0.05 * half_height
         frame = draw_frame(SIZE, thin, background_image(SIZE))
         labels = label_frame(frame, _person_conf(SIZE, thin), lm, None, None, ParseConfig())
         n_mouth = int((labels == Label.MOUTH).sum())
@@ -330,7 +323,7 @@ def test_parse_on_real_clip(shared_data, tmp_path):
         assert at(i, chin + (0, 0.25 * height)) == Label.TORSO  # neck
         assert at(i, (size / 2, size - 3)) == Label.TORSO  # chest
         assert masks[i, :8, :8].max() == Label.BACKGROUND and masks[i, :8, -8:].max() == Label.BACKGROUND
-        if mouth_opening(lm[i, list(INNER_LIPS)]) > 2.5:  # clearly open: its centre is MOUTH
+        if inner_lip_height_px(lm[i, list(INNER_LIPS)]) > 2.5:  # clearly open: its centre is MOUTH
             assert at(i, 0.5 * (lm[i, 13] + lm[i, 14])) == Label.MOUTH
     fractions = stats["mean_area_fraction"]
     assert 0.35 < fractions["background"] < 0.65 and 0.12 < fractions["face"] < 0.3

@@ -5,13 +5,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from avatar3d.preprocess.pose import (
-    RIGID_LANDMARKS,
-    PoseConfig,
-    fit_pose,
-    project,
-    similarity_procrustes,
-)
+from avatar3d.preprocess.pose import PoseConfig, fit_pose, project, similarity_procrustes
+from avatar3d.core.vocab import RIGID_LANDMARKS
 
 SIZE = 512
 

@@ -16,7 +16,8 @@ import torch
 from avatar3d.audio import features as A
 from avatar3d.audio import prior as P
 from avatar3d.cli import main as cli_main
-from avatar3d.core.dataset import AUDIO_RATE, BLENDSHAPE_NAMES, FORMAT_VERSION, DatasetPaths, Manifest, default_split
+from avatar3d.core.dataset import AUDIO_RATE, FORMAT_VERSION, DatasetPaths, Manifest, default_split
+from avatar3d.core.vocab import BLENDSHAPE_NAMES
 from avatar3d.errors import UserError
 from avatar3d.fsutil import write_json
 
@@ -75,13 +76,13 @@ def random_prior(config: P.PriorNetConfig = TINY) -> P.AudioMotionPrior:
 
 
 def test_motion_names_are_mouth_blendshapes():
-    assert len(set(P.MOTION_NAMES)) == len(P.MOTION_NAMES) == 28
-    assert all(n.startswith(("jaw", "mouth", "cheekPuff")) for n in P.MOTION_NAMES)
+    assert len(set(P.SPEECH_CHANNELS)) == len(P.SPEECH_CHANNELS) == 28
+    assert all(n.startswith(("jaw", "mouth", "cheekPuff")) for n in P.SPEECH_CHANNELS)
     bs = np.random.default_rng(0).random((5, 52)).astype(np.float32)
     m = P.motion_from_blendshapes(bs)
     assert m[:, P.JAW_OPEN].tolist() == bs[:, BLENDSHAPE_NAMES.index("jawOpen")].tolist()
     back = P.blendshapes_from_motion(m, base=np.full(52, 0.5))
-    np.testing.assert_array_equal(back[:, list(P.MOTION_INDEX)], m)
+    np.testing.assert_array_equal(back[:, list(P.SPEECH_INDEX)], m)
     assert back[0, BLENDSHAPE_NAMES.index("eyeBlinkLeft")] == 0.5
 
 
@@ -92,7 +93,7 @@ def test_receptive_field_and_lookahead():
     rng = np.random.default_rng(1)
     feats = rng.normal(0, 0.5, (60, 4, 80)).astype(np.float32)
     base = P.predict_motion(prior, feats, normalised=True)
-    assert base.shape == (60, len(P.MOTION_NAMES))
+    assert base.shape == (60, len(P.SPEECH_CHANNELS))
     k = 40
     changed = feats.copy()
     changed[k] += 1.0
@@ -163,7 +164,7 @@ def test_save_load_roundtrip(tmp_path):
 
 def test_speaker_stats():
     rng = np.random.default_rng(4)
-    motion = rng.random((200, len(P.MOTION_NAMES))).astype(np.float32) * 0.2
+    motion = rng.random((200, len(P.SPEECH_CHANNELS))).astype(np.float32) * 0.2
     motion[:20, P.JAW_OPEN] = 0.0  # the 10 % closed frames
     motion[:20, 1] = 0.7
     valid = np.ones(200, bool)

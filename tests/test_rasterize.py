@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from avatar3d.core.camera import Camera
 from avatar3d.gaussian.rasterize import (
     ALPHA_MAX,
     ALPHA_MIN,
     T_MIN,
-    Camera,
     project,
     quat_to_rotmat,
     rasterize,

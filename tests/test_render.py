@@ -34,19 +34,19 @@ def _wav(path: Path, seconds: float, rate: int = RATE) -> Path:
 def run_dir(tmp_path_factory) -> Path:
     """A RUN from a very short fit (20 steps, 48 px window, 10 prior fine-tuning steps) on
     test_fit's synthetic dataset."""
-    from test_fit import _params, make_synthetic_dataset
+    from synth_dataset import make_fit_dataset, tiny_fit_params
 
     from avatar3d.fit import FitConfig, run_fit
 
     root = tmp_path_factory.mktemp("render")
-    data = make_synthetic_dataset(root / "data", frames=16)  # 12 train + 4 val frames
+    data = make_fit_dataset(root / "data", frames=16)  # 12 train + 4 val frames
     import soundfile as sf
 
     from avatar3d.core.dataset import DatasetPaths
 
     n = json.loads(DatasetPaths(data).manifest.read_text())["num_frames"]
     sf.write(str(DatasetPaths(data).audio), _speechy(n / 25, 16_000)[: n * 640], 16_000, subtype="PCM_16")
-    params = _params(steps=20, checkpoint_every=1000, prior_finetune_steps=10)
+    params = tiny_fit_params(steps=20, checkpoint_every=1000, prior_finetune_steps=10)
     preset = root / "preset.json"
     preset.write_text(json.dumps(params.to_json()))
     run_fit(FitConfig(data, root / "run", preset=str(preset), device="cpu", progress=False, threads=1))
@@ -208,27 +208,27 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
 def test_shut_val_openings(run_dir):
     """The shut-mouth check picks the val frames at or under the training p10 and reports the medians
     of the given rendered openings on them beside the tracker's reading of the real frames."""
+    from avatar3d.core.runs import open_run
+    from avatar3d.core.scene import load_run_scene, window_frames
     from avatar3d.drive.evaluate import openings_of, shut_val_openings
-    from avatar3d.fit import load_fit_data
-    from avatar3d.drive.render import open_run
 
-    info = open_run(run_dir)
-    data = load_fit_data(info.data, info.params)
-    v = len(data.val)
+    scene = load_run_scene(open_run(run_dir), "")
+    frames = window_frames(scene, scene.val)
+    v = len(scene.val)
     true = np.full(v, 1.0)  # all wider open than the bound (0.5) but two
     true[[0, v - 1]] = 0.0
     rendered = np.arange(v, dtype=np.float64) / 100
-    out = shut_val_openings(data, 0.5, true, rendered, 2 * rendered, upscale=4)
+    out = shut_val_openings(scene, frames, 0.5, true, rendered, 2 * rendered, upscale=4)
     assert out["shut_val_frames"] == 2
     assert out["shut_opening_tracked_motion"] == pytest.approx((v - 1) / 200)
     assert out["shut_opening_audio_driven"] == pytest.approx((v - 1) / 100)
-    picked = np.asarray(data.val)[[0, v - 1]]
-    real_at_fit_size = openings_of([data.images[int(i)].numpy() for i in picked], 4)
+    picked = np.asarray(scene.val)[[0, v - 1]]
+    real_at_fit_size = openings_of([frames[int(i)].image.numpy() for i in picked], 4)
     assert np.isfinite(real_at_fit_size).all()
     assert out["shut_opening_truth_fit_resolution"] == pytest.approx(np.median(real_at_fit_size))
     true[:] = np.nan  # no face tracked in any val frame
-    assert shut_val_openings(data, 0.5, true, rendered, rendered, 4)["shut_opening_truth_fit_resolution"] is None
-    assert shut_val_openings(data, None, true, rendered, rendered, 4)["shut_val_frames"] == 0
+    assert shut_val_openings(scene, frames, 0.5, true, rendered, rendered, 4)["shut_opening_truth_fit_resolution"] is None
+    assert shut_val_openings(scene, frames, None, true, rendered, rendered, 4)["shut_val_frames"] == 0
 
 
 def test_speech_sync_leaves_digital_silence_out():
@@ -246,3 +246,25 @@ def test_speech_sync_leaves_digital_silence_out():
     assert lagged_correlation(opening, env, max_lag=0).best_r < 0  # the silence dominates
     lc = speech_sync(opening, env, max_lag=2)
     assert lc.best_r > 0.8 and lc.best_lag == 0 and SILENCE_DB > -100
+
+
+def test_render_never_imports_the_trainer_or_its_data_loader(run_dir, tmp_path):
+    """`avatar3d render` draws from the run and the dataset's tracks: in a fresh interpreter,
+    running its entry point leaves the fit command, the trainer, the losses, the initialisation
+    and the training-data loader unimported."""
+    import subprocess
+    import sys
+
+    wav = _wav(tmp_path / "speech.wav", 1.0)
+    out = tmp_path / "out.mp4"
+    code = (
+        "import sys; from avatar3d.cli import main; "
+        f"rc = main(['render', {str(run_dir)!r}, '--audio', {str(wav)!r}, '-o', {str(out)!r}, '--device', 'cpu', "
+        "'--no-progress']); "
+        "heavy = [m for m in ('avatar3d.fit', 'avatar3d.gaussian.trainer', 'avatar3d.gaussian.data', "
+        "'avatar3d.gaussian.losses', 'avatar3d.gaussian.init') if m in sys.modules]; "
+        "print('RC', rc, 'HEAVY', heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "RC 0 HEAVY []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert out.is_file() and out.stat().st_size > 0

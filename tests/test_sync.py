@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from avatar3d.core import vocab
 from avatar3d.drive import sync
 
 
 def test_mouth_opening_is_gap_over_eye_distance():
     lm = np.zeros((2, 478, 3))
-    lm[:, sync.RIGHT_EYE_OUTER, :2] = [100, 100]
-    lm[:, sync.LEFT_EYE_OUTER, :2] = [200, 100]
-    lm[:, sync.UPPER_INNER_LIP, :2] = [150, 200]
-    lm[0, sync.LOWER_INNER_LIP, :2] = [150, 200]
-    lm[1, sync.LOWER_INNER_LIP, :2] = [150, 230]
+    lm[:, vocab.RIGHT_EYE_OUTER, :2] = [100, 100]
+    lm[:, vocab.LEFT_EYE_OUTER, :2] = [200, 100]
+    lm[:, vocab.UPPER_INNER_LIP_MID, :2] = [150, 200]
+    lm[0, vocab.LOWER_INNER_LIP_MID, :2] = [150, 200]
+    lm[1, vocab.LOWER_INNER_LIP_MID, :2] = [150, 230]
     np.testing.assert_allclose(sync.mouth_opening(lm), [0.0, 0.3])
     # scale invariant
     np.testing.assert_allclose(sync.mouth_opening(lm * 2), [0.0, 0.3])

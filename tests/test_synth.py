@@ -18,10 +18,7 @@ from avatar3d.errors import UserError
 from avatar3d.synth.subject import SynthPaths, load_truth, write_synth
 from avatar3d.synth.mesh import build_subject, face_model_path
 from avatar3d.core.video import probe, read_audio, read_frames
-
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400,
-             377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-INNER_LIPS = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+from avatar3d.core.vocab import FACE_OVAL, INNER_LIPS
 
 
 def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

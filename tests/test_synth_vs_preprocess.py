@@ -125,7 +125,7 @@ def test_preprocess_masks_have_no_bad_frames(pair):
 
 
 def test_tracked_mouth_follows_the_true_mouth(pair):
-    from avatar3d.core.dataset import blendshape_index
+    from avatar3d.core.vocab import blendshape_index
 
     gt, data = pair
     tracks = load_tracks(data)

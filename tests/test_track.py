@@ -4,16 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avatar3d.core.dataset import BLENDSHAPE_NAMES
+from avatar3d.core.vocab import BLENDSHAPE_NAMES, NUM_LANDMARKS
 from avatar3d.models import face_landmarker_path
-from avatar3d.preprocess.track import (
-    NUM_LANDMARKS,
-    FaceTracker,
-    MirrorAveragedTracker,
-    _blendshape_mirror_index,
-    landmark_mirror_index,
-    unmirror,
-)
+from avatar3d.preprocess.track import FaceTracker, MirrorAveragedTracker, _blendshape_mirror_index, landmark_mirror_index, unmirror
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ Silence
     offline and streaming agree.
 
 Motion code
-    ``MOTION_NAMES``: the 28 mediapipe blendshapes of the jaw, lips and cheeks, in
+    ``SPEECH_CHANNELS``: the 28 mediapipe blendshapes of the jaw, lips and cheeks, in
     ``avatar3d.core.dataset.BLENDSHAPE_NAMES`` units ([0, 1]).
 
 Per-speaker normalisation
@@ -64,12 +64,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from avatar3d.audio import features as A
-from avatar3d.core.dataset import (
-    BLENDSHAPE_NAMES,
-    DatasetPaths,
-    load_tracks,
-    read_manifest,
-)
+from avatar3d.core.dataset import DatasetPaths, load_tracks, read_manifest
+from avatar3d.core.vocab import BLENDSHAPE_NAMES, SPEECH_CHANNELS, SPEECH_INDEX
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
 from avatar3d.drive.sync import pearson
@@ -78,17 +74,7 @@ FORMAT = "avatar3d-prior"
 FORMAT_VERSION = 1
 MIN_SCALE = 0.01
 
-MOTION_NAMES: tuple[str, ...] = (
-    "jawOpen", "jawForward", "jawLeft", "jawRight",
-    "mouthClose", "mouthFunnel", "mouthPucker", "mouthLeft", "mouthRight",
-    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper",
-    "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    "mouthStretchLeft", "mouthStretchRight", "mouthSmileLeft", "mouthSmileRight",
-    "mouthPressLeft", "mouthPressRight", "mouthDimpleLeft", "mouthDimpleRight",
-    "mouthFrownLeft", "mouthFrownRight", "cheekPuff",
-)
-MOTION_INDEX: tuple[int, ...] = tuple(BLENDSHAPE_NAMES.index(n) for n in MOTION_NAMES)
-JAW_OPEN = MOTION_NAMES.index("jawOpen")
+JAW_OPEN = SPEECH_CHANNELS.index("jawOpen")
 # A speaker's rest pose (what silence gives) is the median of their most-closed frames: the lowest
 # 2 % by jawOpen. The lowest 10 % mixes in half-open pauses: on the CNN tiny avatar the 10 % rest
 # rendered a mouth opening of 0.008-0.016 in silence, the 2 % rest 0.0015-0.005 (shut-lip frames
@@ -97,8 +83,8 @@ REST_PERCENTILE = 2.0
 
 
 def motion_from_blendshapes(blendshapes: np.ndarray) -> np.ndarray:
-    """``[N, 52]`` blendshapes -> ``[N, M]`` motion code (the MOTION_NAMES columns)."""
-    return np.asarray(blendshapes)[:, list(MOTION_INDEX)]
+    """``[N, 52]`` blendshapes -> ``[N, M]`` motion code (the SPEECH_CHANNELS columns)."""
+    return np.asarray(blendshapes)[:, list(SPEECH_INDEX)]
 
 
 def blendshapes_from_motion(motion: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
@@ -107,7 +93,7 @@ def blendshapes_from_motion(motion: np.ndarray, base: np.ndarray | None = None) 
     out = np.zeros((len(motion), len(BLENDSHAPE_NAMES)), np.float32)
     if base is not None:
         out[:] = np.asarray(base, np.float32)
-    out[:, list(MOTION_INDEX)] = motion
+    out[:, list(SPEECH_INDEX)] = motion
     return out
 
 
@@ -149,7 +135,7 @@ class AudioMotionPrior(nn.Module):
     [M] (output de-normalisation, see the module docstring).
     """
 
-    def __init__(self, config: PriorNetConfig, num_motion: int = len(MOTION_NAMES)):
+    def __init__(self, config: PriorNetConfig, num_motion: int = len(SPEECH_CHANNELS)):
         super().__init__()
         self.config = config
         enc = A.get_encoder(config.encoder)
@@ -248,12 +234,12 @@ def pad_features(prior: AudioMotionPrior, feats: np.ndarray) -> np.ndarray:
 def predict_motion(prior: AudioMotionPrior, audio_features: np.ndarray, normalised: bool = False) -> np.ndarray:
     """Offline inference: ``[N, *frame_shape]`` features -> ``[N, M]`` float32 motion code.
 
-    Blendshape units in [0, 1] (MOTION_NAMES order), or the net's normalised output when
+    Blendshape units in [0, 1] (SPEECH_CHANNELS order), or the net's normalised output when
     ``normalised``.
     """
     feats = _check_features(prior, audio_features)
     if len(feats) == 0:
-        return np.zeros((0, len(MOTION_NAMES)), np.float32)
+        return np.zeros((0, len(SPEECH_CHANNELS)), np.float32)
     prior.eval()
     device = prior.feat_mean.device
     x = torch.from_numpy(pad_features(prior, feats)).to(device)[None]
@@ -336,7 +322,7 @@ class PriorStream:
         if not self._warming:
             self.frames_out += len(outs)
         if not outs:
-            return np.zeros((0, len(MOTION_NAMES)), np.float32)
+            return np.zeros((0, len(SPEECH_CHANNELS)), np.float32)
         return np.stack(outs)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
@@ -357,7 +343,7 @@ def _state(prior: AudioMotionPrior, train_info: dict) -> dict:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "net": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(prior.config).items()},
-        "motion_names": list(MOTION_NAMES),
+        "motion_names": list(SPEECH_CHANNELS),
         "state_dict": {k: v.detach().cpu() for k, v in prior.state_dict().items()},
         "train": json.dumps(train_info),
     }
@@ -392,7 +378,7 @@ def load_prior(path: Path | None = None, device: str | torch.device = "cpu") -> 
         raise UserError(f"cannot read prior weights {path or 'avatar3d/assets/prior.pt'}: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UserError(f"{path} is not an avatar3d prior weight file")
-    if obj.get("format_version") != FORMAT_VERSION or tuple(obj.get("motion_names", ())) != MOTION_NAMES:
+    if obj.get("format_version") != FORMAT_VERSION or tuple(obj.get("motion_names", ())) != SPEECH_CHANNELS:
         raise UserError(f"prior weights {path} were made by another avatar3d version: retrain them")
     net = {k: tuple(v) if isinstance(v, list) else v for k, v in obj["net"].items()}
     prior = AudioMotionPrior(PriorNetConfig(**net))
@@ -594,7 +580,7 @@ def _batch(
         a0, a1 = max(f0, 0), min(f1, c.num_frames)
         if a1 > a0:
             x[a0 - f0 : a1 - f0] = c.features[a0:a1]
-        tgt = np.zeros((t, len(MOTION_NAMES)), np.float32)
+        tgt = np.zeros((t, len(SPEECH_CHANNELS)), np.float32)
         mask = np.ones(t, bool)  # frames outside the clip are silent: rest pose
         o0, o1 = max(start, 0), min(start + t, c.num_frames)
         if o1 > o0:
@@ -787,7 +773,7 @@ def evaluate_clip(prior: AudioMotionPrior, clip: SpeakerClip) -> dict:
     for suffix, lag in (("", 0), ("_offset", clip.offset)):
         motion, v = shift_tracks(clip.motion, clip.valid, lag)
         rs = {}
-        for k, name in enumerate(MOTION_NAMES):
+        for k, name in enumerate(SPEECH_CHANNELS):
             if motion[v, k].std() > 1e-3:  # channels the speaker actually moves
                 r = pearson(pred[v, k], motion[v, k])
                 if np.isfinite(r):  # (a prediction clipped constant has no correlation)
@@ -827,7 +813,7 @@ class PriorPredictConfig:
     audio: Path
     """Audio or video file with the speech."""
     output: Path = Path("motion.npy")
-    """Output .npy: [N, M] float32 motion code at 25 fps (columns: avatar3d.audio.prior.MOTION_NAMES)."""
+    """Output .npy: [N, M] float32 motion code at 25 fps (columns: avatar3d.core.vocab.SPEECH_CHANNELS)."""
     weights: Path | None = None
     """Prior weights (default: the ones shipped with avatar3d)."""
     device: str = "cpu"
@@ -865,4 +851,4 @@ def run_prior(config: PriorCommand) -> None:
         motion = predict_motion_from_audio(prior, audio)
         with atomic_file(cmd.output, "wb") as f:
             np.save(f, motion)
-        print(f"prior: {len(motion)} frames of motion ({len(MOTION_NAMES)} channels) -> {cmd.output}")
+        print(f"prior: {len(motion)} frames of motion ({len(SPEECH_CHANNELS)} channels) -> {cmd.output}")

@@ -48,6 +48,9 @@ class Label(enum.IntEnum):
     MOUTH = 4  # inside of the mouth: teeth, tongue, cavity
 
 
+HEAD_LABELS: tuple[int, ...] = (int(Label.FACE), int(Label.HAIR), int(Label.MOUTH))  # what the head field draws
+
+
 # Keys of tracks.npz, with shapes (N = num_frames). Stages add their keys; readers check them.
 TRACK_KEYS: dict[str, str] = {
     "landmarks": "[N, 478, 3] float32: x, y in crop pixels; z in pixels (mediapipe, relative depth)",
@@ -59,25 +62,6 @@ TRACK_KEYS: dict[str, str] = {
     "t": "[N, 3] float32 head-to-camera translation (cm)",
     "canonical": "[478, 3] float32 fitted canonical landmark positions in head space (cm)",
 }
-
-# mediapipe FaceLandmarker's 52 blendshape categories, in its output order.
-BLENDSHAPE_NAMES: tuple[str, ...] = (
-    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
-    "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft",
-    "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight",
-    "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft",
-    "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
-    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
-    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight",
-    "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower",
-    "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight",
-    "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
-    "noseSneerLeft", "noseSneerRight",
-)
-
-
-def blendshape_index(name: str) -> int:
-    return BLENDSHAPE_NAMES.index(name)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``avatar3d eval RUN [--audio WAV]``: one ruler for an avatar's quality, as JSON plus a plot.
 
 Self-driven (the val split of the run's own dataset, frames never trained on):
-    PSNR, SSIM and LMD from :func:`avatar3d.fit.evaluate` (tracked blendshapes drive the avatar),
+    PSNR, SSIM and LMD from :func:`avatar3d.drive.val.val_metrics` (tracked blendshapes drive the avatar),
     and the Pearson r between the *rendered* mouth opening and the true one (the tracker's
     landmarks on the real val frames). The rendered opening is measured by running the face
     tracker on the rendered frames, so the ruler does not trust the model. It is measured twice:
@@ -42,9 +42,12 @@ import torch
 import tyro
 
 from avatar3d.core.dataset import DatasetPaths, Label, load_tracks
+from avatar3d.core.runs import RunInfo
+from avatar3d.core.scene import Scene, WindowFrame
 from avatar3d.device import resolve_device
-from avatar3d.errors import UserError
+from avatar3d.drive.metrics import tracker_upscale
 from avatar3d.drive.sync import pearson
+from avatar3d.drive.val import to_u8
 
 SILENCE_DB = -60.0  # speech-band envelope below this (dB) counts as a silent frame
 DETECT_CHUNK = 100  # frames handed to the tracker at a time (bounds memory for long audio)
@@ -72,13 +75,6 @@ class EvalConfig:
     """Show a progress bar."""
 
 
-@dataclass(frozen=True)
-class Openings:
-    """Mouth opening over time (inner-lip gap / eye-corner distance), NaN where no face was found."""
-
-    values: np.ndarray  # [N] float64
-
-
 def _num(v) -> float | None:
     v = float(v)
     return v if math.isfinite(v) else None
@@ -89,10 +85,6 @@ def _nanstat(fn, x: np.ndarray, *args) -> float | None:
     x = np.asarray(x, np.float64)
     x = x[np.isfinite(x)]
     return _num(fn(x, *args)) if len(x) else None
-
-
-def _to_u8(x: torch.Tensor) -> np.ndarray:
-    return (x * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def openings_of(frames: list[np.ndarray], upscale: int = 1) -> np.ndarray:
@@ -126,45 +118,41 @@ class StreamedOpenings:
         return np.concatenate(self._done) if self._done else np.zeros(0)
 
 
-def _window_upscale(size: int) -> int:
-    return max(1, math.ceil(384 / size))  # as fit.evaluate: the tracker wants faces of ~100+ px
-
-
 def self_driven(
-    avatar, data, data_dir: Path, params, prior, device, silence_bound: float | None
+    avatar, scene: Scene, val_frames: dict[int, WindowFrame], prior, device, silence_bound: float | None
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Val-split metrics (see module docstring) and the opening curves for the plot.
-    silence_bound: the training frames' 10th-percentile opening (:func:`real_reference`'s
-    ``train_opening_p10``), None where no training frame has a face."""
+    val_frames: the val frames in the window; silence_bound: the training frames'
+    10th-percentile opening (:func:`real_reference`'s ``train_opening_p10``), None where no
+    training frame has a face."""
     from avatar3d.audio.features import load_audio
-    from avatar3d.gaussian.avatar import composite
-    from avatar3d.fit import evaluate
+    from avatar3d.core.avatar import composite
     from avatar3d.drive.render import Driven, audio_features_for, motion_from_audio, render_heads
     from avatar3d.drive.sync import mouth_opening
+    from avatar3d.drive.val import val_metrics
 
-    metrics, preds = evaluate(avatar, data, params, device)
-    up = _window_upscale(data.window.size)
-    true = mouth_opening(data.landmarks[data.val])  # tracked landmarks of the real val frames
-    tracked = openings_of([_to_u8(p) for p in preds], up)
+    metrics, preds = val_metrics(avatar, scene, val_frames.__getitem__, device)
+    up = tracker_upscale(scene.window.size)
+    true = mouth_opening(scene.landmarks[scene.val])  # tracked landmarks of the real val frames
+    tracked = openings_of([to_u8(p) for p in preds], up)
 
     # the same val frames driven by the clip's own audio through the prior
-    paths = DatasetPaths(data_dir)
-    audio16 = load_audio(paths.audio)
-    n = data.motion.shape[0]
-    bs = motion_from_audio(prior, audio16, n, data.motion.numpy())  # [N, 52]
+    audio16 = load_audio(DatasetPaths(scene.data_dir).audio)
+    n = scene.motion.shape[0]
+    bs = motion_from_audio(prior, audio16, n, scene.motion.numpy())  # [N, 52]
     feats = audio_features_for(avatar, audio16, n)
-    val = np.asarray(data.val)
+    val = np.asarray(scene.val)
     driven = Driven(val, torch.from_numpy(bs[val]), None if feats is None else feats[val])
     frames = []
-    for i, rgba in zip(val, render_heads(avatar, data, driven, params, device)):
-        frames.append(_to_u8(composite(rgba, data.backgrounds[int(i)].float() / 255).clamp(0, 1)))
+    for i, rgba in zip(val, render_heads(avatar, scene, driven, device)):
+        frames.append(to_u8(composite(rgba, val_frames[int(i)].background.float() / 255).clamp(0, 1)))
     audio_driven = openings_of(frames, up)
 
     out = {k: metrics[k] for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
-    out.update(shut_val_openings(data, silence_bound, true, tracked, audio_driven, up))
+    out.update(shut_val_openings(scene, val_frames, silence_bound, true, tracked, audio_driven, up))
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
 
@@ -177,7 +165,8 @@ def tracked_openings(tracks: dict) -> np.ndarray:
 
 
 def shut_val_openings(
-    data, p10: float | None, true: np.ndarray, tracked: np.ndarray, audio_driven: np.ndarray, upscale: int
+    scene: Scene, val_frames: dict[int, WindowFrame], p10: float | None, true: np.ndarray, tracked: np.ndarray,
+    audio_driven: np.ndarray, upscale: int,
 ) -> dict:
     """Can the avatar shut its mouth? The val frames whose true opening is at most ``p10`` (the
     training frames' 10th percentile: the silence bound), and on them the median opening the
@@ -185,7 +174,7 @@ def shut_val_openings(
     the avatar driven by the tracked motion (the prior plays no part) and driven by the clip's
     audio. true, tracked, audio_driven: [V] openings of the val frames."""
     shut = np.isfinite(true) & (true <= p10) if p10 is not None else np.zeros(len(true), bool)
-    truth = openings_of([data.images[int(i)].numpy() for i in np.asarray(data.val)[shut]], upscale)
+    truth = openings_of([val_frames[int(i)].image.numpy() for i in np.asarray(scene.val)[shut]], upscale)
     return {
         "shut_val_frames": int(shut.sum()),
         "shut_opening_truth_fit_resolution": _nanstat(np.median, truth),
@@ -217,31 +206,31 @@ def speech_sync(opening: np.ndarray, envelope: np.ndarray, max_lag: int):
     return lagged_correlation(opening, envelope, max_lag=max_lag)
 
 
-def real_reference(info, data, max_lag: int, opening: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+def real_reference(scene: Scene, max_lag: int, opening: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
     """The measures on the real clip with its own audio, and its torso flicker.
     opening: [N] :func:`tracked_openings` of the clip."""
     from avatar3d.audio.features import load_audio
-    from avatar3d.core.masks import iter_masks
+    from avatar3d.core.scene import WindowCropper, iter_dataset_frames, read_plate
     from avatar3d.drive.render import paste
     from avatar3d.drive.sync import speech_envelope
-    from avatar3d.core.video import iter_frames
 
-    paths = DatasetPaths(info.data)
-    env = speech_envelope(load_audio(paths.audio))
+    env = speech_envelope(load_audio(DatasetPaths(scene.data_dir).audio))
     lc = speech_sync(opening, env, max_lag)
     # training frames as the avatar shows them: the head window at the fit resolution, pasted back
-    sampled = set(np.asarray(data.train)[:: max(1, len(data.train) // MATCHED_TRAIN_FRAMES)].tolist())
+    sampled = set(np.asarray(scene.train)[:: max(1, len(scene.train) // MATCHED_TRAIN_FRAMES)].tolist())
+    crop = WindowCropper(scene.window, read_plate(scene.data_dir, scene.frame_size))
     matched = StreamedOpenings()
     acc = [0.0, 0]
     prev = prev_m = None
-    for i, (frame, labels) in enumerate(zip(iter_frames(paths.frames), iter_masks(paths.masks))):
+    for i, frame, labels in iter_dataset_frames(scene.data_dir):
         m = labels == Label.TORSO
         _flicker_accumulate(prev, frame, prev_m, m, acc)
         prev, prev_m = frame, m
         if i in sampled:
-            window_rgba = torch.cat([data.images[i].float() / 255, torch.ones(*data.images[i].shape[:2], 1)], -1)
-            matched.add(paste(window_rgba, frame, data.window))
-    train_open = opening[np.asarray(data.train)]
+            image = crop(frame, labels).image
+            window_rgba = torch.cat([image.float() / 255, torch.ones(*image.shape[:2], 1)], -1)
+            matched.add(paste(window_rgba, frame, scene.window))
+    train_open = opening[np.asarray(scene.train)]
     matched_open = matched.values()
     out = {
         "sync_r": _num(lc.best_r), "sync_lag": lc.best_lag, "sync_r_at_zero": _num(lc.r_at_zero),
@@ -254,21 +243,22 @@ def real_reference(info, data, max_lag: int, opening: np.ndarray) -> tuple[dict,
     return out, {"real_opening": opening, "real_envelope": env}
 
 
-def cross_driven(info, avatar, data, prior, audio16: np.ndarray, device, max_lag: int, progress: bool):
+def cross_driven(avatar, scene: Scene, prior, audio16: np.ndarray, device, max_lag: int, progress: bool):
     """Render the audio as `avatar3d render` would; tracker, sync and torso flicker on the frames."""
     from tqdm import tqdm
 
-    from avatar3d.drive.render import drive, load_frame_bases, num_output_frames, read_plate, render_frames
+    from avatar3d.core.scene import read_plate
+    from avatar3d.drive.render import drive, load_frame_bases, num_output_frames, render_frames
     from avatar3d.drive.sync import speech_envelope
 
     num = num_output_frames(len(audio16))
-    driven = drive(avatar, data, prior, audio16, num, "clip")
-    bases = load_frame_bases(info.data, driven.trajectory, read_plate(info.data, info.manifest.size))
+    driven = drive(avatar, scene, prior, audio16, num, "clip")
+    bases = load_frame_bases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, scene.frame_size))
     openings = StreamedOpenings()
     acc = [0.0, 0]
     prev = prev_m = None
     bar = tqdm(total=num, disable=not progress, desc="eval", unit="frame", dynamic_ncols=True)
-    for i, frame in zip(driven.trajectory, render_frames(avatar, data, driven, bases, info.params, device)):
+    for i, frame in zip(driven.trajectory, render_frames(avatar, scene, driven, bases, device)):
         m = bases[int(i)].labels == Label.TORSO
         _flicker_accumulate(prev, frame, prev_m, m, acc)
         prev, prev_m = frame, m
@@ -340,32 +330,33 @@ def write_plot(path: Path, curves: dict[str, np.ndarray], title: str) -> None:
 
 
 def run_eval(config: EvalConfig) -> dict:
-    from avatar3d.gaussian.avatar import Avatar
-    from avatar3d.fit import load_fit_data
+    from avatar3d.core.avatar import load_avatar
+    from avatar3d.core.runs import open_run
+    from avatar3d.core.scene import load_run_scene, window_frames
+    from avatar3d.drive.render import check_output, load_driving_audio, load_run_prior
     from avatar3d.fsutil import write_json
-    from avatar3d.drive.render import check_output, load_driving_audio, load_run_prior, open_run
 
     t0 = time.time()
-    info = open_run(config.run)
-    out = check_output(config.output if config.output is not None else info.run / "eval.json", ".json")
+    info: RunInfo = open_run(config.run)
+    out = check_output(config.output if config.output is not None else info.paths.eval_json, ".json")
     audio16 = load_driving_audio(config.audio)[0] if config.audio is not None else None
     device = resolve_device(config.device)
 
-    avatar = Avatar.load(info.run, device).eval()
-    data = load_fit_data(info.data, info.params)
+    avatar = load_avatar(info.run, device)
+    scene = load_run_scene(info, avatar.audio_features)
     prior, prior_path = load_run_prior(info.run, device)
 
     result: dict = {"run": str(info.run), "dataset": str(info.data),
                     "prior": str(prior_path) if prior_path else "shipped"}
     clip_opening = tracked_openings(load_tracks(info.data))  # [N] the real clip's, from its tracks
-    real, real_curves = real_reference(info, data, config.max_lag, clip_opening)
+    real, real_curves = real_reference(scene, config.max_lag, clip_opening)
     result["self_driven"], curves = self_driven(
-        avatar, data, info.data, info.params, prior, device, real["train_opening_p10"]
+        avatar, scene, window_frames(scene, scene.val), prior, device, real["train_opening_p10"]
     )
     result["real_clip"] = real
     curves.update(real_curves)
     if audio16 is not None:
-        cross, cross_curves = cross_driven(info, avatar, data, prior, audio16, device, config.max_lag, config.progress)
+        cross, cross_curves = cross_driven(avatar, scene, prior, audio16, device, config.max_lag, config.progress)
         curves.update(cross_curves)
         real = result["real_clip"]
         if cross["sync_r"] is not None and real["sync_r"]:

@@ -22,12 +22,6 @@ SSIM_RADIUS = 5  # window 11
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 
-# mediapipe face mesh lip landmarks (outer and inner lip contours, 40 points).
-MOUTH_LANDMARKS: tuple[int, ...] = (
-    61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 185, 40, 39, 37, 0, 267, 269, 270, 409,
-    78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 191, 80, 81, 82, 13, 312, 311, 310, 415,
-)
-
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``x`` [H, W, C] (or [H, W]) weighted by ``mask`` [H, W]."""
@@ -85,6 +79,15 @@ def lmd(pred: np.ndarray, ref: np.ndarray) -> float:
     d = np.linalg.norm(np.asarray(pred, np.float64) - np.asarray(ref, np.float64), axis=-1)  # [F, L]
     ok = np.isfinite(d).all(axis=1)
     return float(d[ok].mean()) if ok.any() else math.nan
+
+
+TRACKER_FACE_PX = 384  # rendered windows are enlarged towards this size before the tracker reads them
+
+
+def tracker_upscale(size: int) -> int:
+    """Integer factor that brings a ``size``-pixel window near ``TRACKER_FACE_PX`` (the tracker
+    wants faces of ~100+ px)."""
+    return max(1, math.ceil(TRACKER_FACE_PX / size))
 
 
 def detect_landmarks(frames: list[np.ndarray], upscale: int = 1) -> np.ndarray:

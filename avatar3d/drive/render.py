@@ -6,7 +6,7 @@ blendshapes. The other blendshapes (blinks, brows, gaze) and the head pose come 
 of the training clip: ``--pose clip`` walks the tracked training frames forward and back
 (ping-pong) for as long as the audio lasts, ``--pose still`` holds one frame's pose.
 
-Each frame: ``Avatar.render`` at the fit window's resolution -> upsampled to the window's size in
+Each frame: the avatar (:func:`avatar3d.core.avatar.load_avatar`, any field) drawn at the fit window's resolution -> upsampled to the window's size in
 the dataset frame -> composited (premultiplied alpha) over that trajectory frame's own torso and
 background (the dataset frame outside the head, the background plate inside it; ``--background
 IMAGE`` also replaces the pixels labelled background). The torso therefore moves exactly as it
@@ -16,7 +16,6 @@ The mp4 is written atomically.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +26,15 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from avatar3d.core.dataset import FPS, AUDIO_RATE, SAMPLES_PER_FRAME, DatasetPaths, Label, Manifest, read_manifest
+from avatar3d.core.dataset import AUDIO_RATE, FPS, HEAD_LABELS, SAMPLES_PER_FRAME, Label
+from avatar3d.core.runs import RunPaths
+from avatar3d.core.scene import Scene, Window, frame_conditioning, iter_dataset_frames
 from avatar3d.device import resolve_device
 from avatar3d.errors import UserError
 
 MIN_AUDIO_SECONDS = 0.5
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 MUX_MIN_RATE = 44_100  # lower source rates are muxed at 48 kHz (AAC frames of 1024 samples stay < 25 ms)
-HEAD_LABELS = (int(Label.FACE), int(Label.HAIR), int(Label.MOUTH))
 
 
 @dataclass(frozen=True)
@@ -63,44 +63,6 @@ class RenderConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Inputs (all checked before anything heavy runs or anything is written)
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A fitted run and the dataset it was fitted on."""
-
-    run: Path
-    data: Path
-    manifest: Manifest
-    params: "object"  # avatar3d.fit.FitParams
-
-
-def open_run(run: Path) -> RunInfo:
-    """Check RUN and its dataset; UserError (one line) when either is missing, stale or corrupt."""
-    from avatar3d.gaussian.avatar import AVATAR_CONFIG_FILE, AVATAR_FILE
-    from avatar3d.fit import CONFIG_FILE, params_from_json
-
-    run = Path(run)
-    if not run.exists():
-        raise UserError(f"run not found: {run}")
-    if not run.is_dir() or not (run / CONFIG_FILE).is_file():
-        raise UserError(f"not an avatar3d run (no {CONFIG_FILE}): {run}")
-    for name in (AVATAR_CONFIG_FILE, AVATAR_FILE):
-        if not (run / name).is_file():
-            raise UserError(f"not a finished avatar3d run (no {name}): {run}")
-    try:
-        config = json.loads((run / CONFIG_FILE).read_text())
-        data = Path(config["fit"]["data"])
-        params = params_from_json(config["params"], str(run / CONFIG_FILE))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"corrupt run config {run / CONFIG_FILE}: {exc}") from None
-    if not data.is_absolute():
-        data = (Path.cwd() / data).resolve()
-    try:
-        manifest = read_manifest(data)
-    except UserError as exc:
-        raise UserError(f"run {run} was fitted on a dataset that cannot be used: {exc}") from None
-    return RunInfo(run, data, manifest, params)
 
 
 def load_driving_audio(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -178,11 +140,11 @@ def trajectory(train: np.ndarray, num: int, pose: str, still_frame: int = 0) -> 
 
 
 def load_run_prior(run: Path, device):
-    """RUN/prior.pt (fine-tuned on the identity) when present, else the shipped prior."""
-    from avatar3d.fit import PRIOR_FILE
+    """RUN/prior.pt (fine-tuned on the identity) when present, else the shipped prior; and the
+    path it came from (None: shipped)."""
     from avatar3d.audio.prior import load_prior
 
-    path = Path(run) / PRIOR_FILE
+    path = RunPaths(Path(run)).prior
     return load_prior(path if path.is_file() else None, device=device), (path if path.is_file() else None)
 
 
@@ -204,25 +166,13 @@ def motion_from_audio(prior, audio16: np.ndarray, num: int, base: np.ndarray) ->
 
 def audio_features_for(avatar, audio16: np.ndarray, num: int) -> torch.Tensor | None:
     """The avatar's own audio features of the driving audio, ``[num, A]`` flattened (None if it has none)."""
-    name = avatar.spec.audio_features
+    name = avatar.audio_features
     if not name:
         return None
     from avatar3d.audio import features as A
 
     feats = A.encode(name, fit_audio(audio16, num)).reshape(num, -1)
     return torch.from_numpy(np.ascontiguousarray(feats, np.float32))
-
-
-def conditioning(motion: torch.Tensor, audio: torch.Tensor | None, k: int, window: int, device):
-    """Frame k's Conditioning: motion [N, 52], audio [N, A] features (window around k, as in fit)."""
-    from avatar3d.gaussian.avatar import Conditioning
-
-    a = None
-    if audio is not None:
-        n = audio.shape[0]
-        idx = torch.arange(k - window // 2, k - window // 2 + window).clamp(0, n - 1)
-        a = audio[idx][None]  # [1, W, A]
-    return Conditioning(motion[k : k + 1], a).to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,29 +190,16 @@ class FrameBase:
 def load_frame_bases(
     data_dir: Path, indices: np.ndarray, plate: np.ndarray, background: np.ndarray | None = None
 ) -> dict[int, FrameBase]:
-    """The composite bases of the dataset frames in ``indices`` (one decode pass over the clip)."""
-    from avatar3d.core.masks import iter_masks
-    from avatar3d.core.video import iter_frames
-
-    paths = DatasetPaths(Path(data_dir))
-    wanted = set(int(i) for i in np.unique(indices))
-    last = max(wanted)
+    """The composite bases of the dataset frames in ``indices`` (one decode pass, up to the last)."""
     out: dict[int, FrameBase] = {}
     heads = np.array(HEAD_LABELS, np.uint8)
-    for i, (frame, labels) in enumerate(zip(iter_frames(paths.frames), iter_masks(paths.masks))):
-        if i > last:
-            break
-        if i not in wanted:
-            continue
+    for i, frame, labels in iter_dataset_frames(data_dir, np.unique(indices)):
         head = np.isin(labels, heads)
         base = np.where(head[..., None], plate, frame)
         if background is not None:
             base = np.where((head | (labels == Label.BACKGROUND))[..., None], background, base)
         extend_neck(base, frame, labels, head)
         out[i] = FrameBase(np.ascontiguousarray(base), labels)
-    missing = wanted - set(out)
-    if missing:
-        raise UserError(f"dataset {data_dir}: frames.mp4/masks.mkv lack frames {sorted(missing)[:5]}")
     return out
 
 
@@ -292,17 +229,7 @@ def extend_neck(base: np.ndarray, frame: np.ndarray, labels: np.ndarray, head: n
         base[ys, xs] = colours[xs]
 
 
-def read_plate(data_dir: Path, size: int) -> np.ndarray:
-    import cv2
-
-    path = DatasetPaths(Path(data_dir)).background
-    plate = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if plate is None or plate.shape[:2] != (size, size):
-        raise UserError(f"{path} is unreadable or not {size}x{size}")
-    return np.ascontiguousarray(plate[..., ::-1])
-
-
-def paste(rgba: torch.Tensor, base: np.ndarray, window) -> np.ndarray:
+def paste(rgba: torch.Tensor, base: np.ndarray, window: Window) -> np.ndarray:
     """Head RGBA [S, S, 4] (premultiplied, window resolution) over ``base`` [H, W, 3] uint8 -> uint8."""
     side = window.side
     x = rgba.permute(2, 0, 1)[None].float()
@@ -330,26 +257,26 @@ class Driven:
     audio_features: torch.Tensor | None  # [N, A]
 
 
-def drive(avatar, data, prior, audio16: np.ndarray, num: int, pose: str = "clip", still_frame: int = 0) -> Driven:
+def drive(avatar, scene: Scene, prior, audio16: np.ndarray, num: int, pose: str = "clip", still_frame: int = 0) -> Driven:
     """Blendshapes and poses of ``num`` output frames driven by ``audio16`` (see module docstring)."""
-    traj = trajectory(data.train, num, pose, still_frame)
-    base = data.motion[traj].numpy()  # [N, 52] tracked blendshapes of the trajectory frames
+    traj = trajectory(scene.train, num, pose, still_frame)
+    base = scene.motion[traj].numpy()  # [N, 52] tracked blendshapes of the trajectory frames
     bs = motion_from_audio(prior, audio16, num, base)
     return Driven(traj, torch.from_numpy(bs), audio_features_for(avatar, audio16, num))
 
 
 @torch.no_grad()
-def render_heads(avatar, data, driven: Driven, params, device) -> Iterator[torch.Tensor]:
+def render_heads(avatar, scene: Scene, driven: Driven, device) -> Iterator[torch.Tensor]:
     """Head RGBA of each driven frame at the window resolution: [S, S, 4] (premultiplied), on the CPU."""
     for k, i in enumerate(driven.trajectory):
-        cond = conditioning(driven.blendshapes, driven.audio_features, k, params.audio_window, device)
-        yield avatar.render(cond, data.camera(int(i), device), params.backend).cpu()
+        cond = frame_conditioning(driven.blendshapes, driven.audio_features, k, avatar.audio_window, device)
+        yield avatar.render(cond, scene.camera(int(i), device)).cpu()
 
 
-def render_frames(avatar, data, driven: Driven, bases: dict[int, FrameBase], params, device) -> Iterator[np.ndarray]:
+def render_frames(avatar, scene: Scene, driven: Driven, bases: dict[int, FrameBase], device) -> Iterator[np.ndarray]:
     """Full dataset-size frames ``[H, W, 3] uint8`` of a driven sequence."""
-    for i, rgba in zip(driven.trajectory, render_heads(avatar, data, driven, params, device)):
-        yield paste(rgba, bases[int(i)].image, data.window)
+    for i, rgba in zip(driven.trajectory, render_heads(avatar, scene, driven, device)):
+        yield paste(rgba, bases[int(i)].image, scene.window)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,25 +287,26 @@ def run_render(config: RenderConfig) -> dict:
     """Write config.output (see module docstring); returns a summary."""
     from tqdm import tqdm
 
-    from avatar3d.gaussian.avatar import Avatar
-    from avatar3d.fit import load_fit_data
-    from avatar3d.fsutil import atomic_path
+    from avatar3d.core.avatar import load_avatar
+    from avatar3d.core.runs import open_run
+    from avatar3d.core.scene import load_run_scene, read_plate
     from avatar3d.core.video import VideoWriter
+    from avatar3d.fsutil import atomic_path
 
     t0 = time.time()
     out = check_output(config.output)
     info = open_run(config.run)
     audio16, mux, mux_rate = load_driving_audio(config.audio)
-    size = info.manifest.size
-    background = read_background_image(config.background, size) if config.background is not None else None
     device = resolve_device(config.device)
 
-    avatar = Avatar.load(info.run, device).eval()
-    data = load_fit_data(info.data, info.params)
+    avatar = load_avatar(info.run, device)
+    scene = load_run_scene(info, avatar.audio_features)
+    size = scene.frame_size
+    background = read_background_image(config.background, size) if config.background is not None else None
     prior, prior_path = load_run_prior(info.run, device)
     num = num_output_frames(len(audio16))
-    driven = drive(avatar, data, prior, audio16, num, config.pose, config.still_frame)
-    bases = load_frame_bases(info.data, driven.trajectory, read_plate(info.data, size), background)
+    driven = drive(avatar, scene, prior, audio16, num, config.pose, config.still_frame)
+    bases = load_frame_bases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, size), background)
 
     # the muxed audio lasts exactly num / 25 s (padded with silence or trimmed by < 20 ms)
     need = int(round(num * mux_rate / FPS))
@@ -388,7 +316,7 @@ def run_render(config: RenderConfig) -> dict:
     bar = tqdm(total=num, disable=not config.progress, desc="render", unit="frame", dynamic_ncols=True)
     with atomic_path(out) as tmp:
         with VideoWriter(tmp, size, size, fps=FPS, crf=config.crf, audio=audio_out, audio_rate=mux_rate) as writer:
-            for frame in render_frames(avatar, data, driven, bases, info.params, device):
+            for frame in render_frames(avatar, scene, driven, bases, device):
                 writer.write(frame)
                 bar.update(1)
     bar.close()

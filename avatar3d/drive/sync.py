@@ -13,11 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# mediapipe face-mesh indices: inner-lip midpoints and the outer eye corners (for scale).
-UPPER_INNER_LIP = 13
-LOWER_INNER_LIP = 14
-LEFT_EYE_OUTER = 263
-RIGHT_EYE_OUTER = 33
+from avatar3d.core.vocab import LEFT_EYE_OUTER, LOWER_INNER_LIP_MID, RIGHT_EYE_OUTER, UPPER_INNER_LIP_MID
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
@@ -26,7 +22,7 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     landmarks: [N, 478, 2 or 3] (pixels). Returns [N] float64; NaN where a frame's landmarks are NaN.
     """
     lm = np.asarray(landmarks, np.float64)[..., :2]
-    gap = np.linalg.norm(lm[:, UPPER_INNER_LIP] - lm[:, LOWER_INNER_LIP], axis=-1)
+    gap = np.linalg.norm(lm[:, UPPER_INNER_LIP_MID] - lm[:, LOWER_INNER_LIP_MID], axis=-1)
     eyes = np.linalg.norm(lm[:, LEFT_EYE_OUTER] - lm[:, RIGHT_EYE_OUTER], axis=-1)
     return gap / np.maximum(eyes, 1e-9)
 

@@ -1,15 +1,10 @@
-"""The avatar: canonical Gaussians (face + inside of the mouth) and their deformation fields.
+"""The Gaussian field's avatar: canonical Gaussians (face + inside of the mouth) and their
+deformation fields, drawn with the rasterizer chosen when it is built or loaded.
 
-One :class:`Avatar`, loaded from a RUN folder with :meth:`Avatar.load`, and one
-:meth:`Avatar.render` used by fit, render, view and eval::
-
-    avatar = Avatar.load(run_dir, device)
-    rgba = avatar.render(Conditioning(motion, audio), camera)  # [H, W, 4]
-    frame = composite(rgba, background)                         # [H, W, 3]
-
-The per-frame conditioning is a motion code (the 52 mediapipe blendshapes: tracked during fit,
-predicted by the audio prior or set by sliders at inference) and, for avatars fitted with audio
-features, a window of audio features around the frame.
+:class:`GaussianAvatar` implements :class:`avatar3d.core.avatar.Avatar`; open a fitted one with
+:func:`avatar3d.core.avatar.load_avatar`. The trainer (:mod:`avatar3d.gaussian.trainer`) uses the
+parts below ``render``: :meth:`GaussianAvatar.deformed` (attributes of one frame) and
+:meth:`GaussianAvatar.draw` (rasterize them, optionally with the mouth branch's alpha share).
 """
 from __future__ import annotations
 
@@ -19,34 +14,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from avatar3d.core.dataset import BLENDSHAPE_NAMES
-from avatar3d.gaussian.deform import DeformConfig, Deformation, FaceDeformer, MouthDeformer
+from avatar3d.core.avatar import Conditioning
+from avatar3d.core.camera import Camera
+from avatar3d.core.runs import RunPaths
 from avatar3d.errors import UserError
+from avatar3d.gaussian.deform import DeformConfig, Deformation, FaceDeformer, MotionStats, MouthDeformer
 from avatar3d.gaussian.gaussians import Gaussians
-from avatar3d.gaussian.rasterize import Backend, Camera, RasterResult, rasterize_full
-
-MOTION_DIM = len(BLENDSHAPE_NAMES)  # 52
-AVATAR_FILE = "avatar.pt"
-AVATAR_CONFIG_FILE = "avatar.json"
-
-
-@dataclass(frozen=True)
-class Conditioning:
-    """What drives the avatar for a batch of frames."""
-
-    motion: torch.Tensor  # [B, M] motion code (blendshapes in BLENDSHAPE_NAMES order)
-    audio: torch.Tensor | None = None  # [B, W, A] audio-feature window, or None
-
-    def __post_init__(self):
-        if self.motion.dim() != 2:
-            raise ValueError(f"motion must be [B, M], got {list(self.motion.shape)}")
-        if self.audio is not None and (self.audio.dim() != 3 or self.audio.shape[0] != self.motion.shape[0]):
-            raise ValueError(f"audio must be [B, W, A] with B = {self.motion.shape[0]}, got {list(self.audio.shape)}")
-
-    def to(self, device) -> "Conditioning":
-        return Conditioning(self.motion.to(device), None if self.audio is None else self.audio.to(device))
+from avatar3d.gaussian.rasterize import Backend, RasterResult, rasterize_full
 
 
 @dataclass(frozen=True)
@@ -73,24 +48,41 @@ class AvatarSpec:
         return AvatarSpec(**obj)
 
 
-def composite(rgba: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """Head over a background. rgba [H, W, 4] (premultiplied colour), background [H, W, 3] -> [H, W, 3]"""
-    return rgba[..., :3] + (1.0 - rgba[..., 3:]) * background
+class GaussianAvatar(nn.Module):
+    """Face and mouth Gaussians with their deformers (see module docstring).
 
+    ``motion_stats`` (standardisation and clamp range of the motion code, from the training
+    frames) and ``lower_face_y`` (canonical y of the base of the nose: below it only the speech
+    channels act) shape what the face field reads; ``backend`` is the rasterizer every draw uses.
+    """
 
-class Avatar(nn.Module):
-    """Face and mouth Gaussians with their deformers (see module docstring)."""
-
-    def __init__(self, spec: AvatarSpec, face: Gaussians, mouth: Gaussians):
+    def __init__(
+        self, spec: AvatarSpec, face: Gaussians, mouth: Gaussians, motion_stats: MotionStats, lower_face_y: float,
+        backend: Backend = "auto",
+    ):
         super().__init__()
         self.spec = spec
         self.face = face
         self.mouth = mouth
+        self.backend: Backend = backend
         audio_shape = (spec.audio_window, spec.audio_dim) if spec.audio_features else None
         self.face_deform = FaceDeformer(
-            spec.deform, MOTION_DIM, audio_shape, torch.tensor(spec.box_min), torch.tensor(spec.box_max)
+            spec.deform, audio_shape, torch.tensor(spec.box_min), torch.tensor(spec.box_max), motion_stats,
+            lower_face_y,
         )
         self.mouth_deform = MouthDeformer()
+
+    @property
+    def audio_features(self) -> str:
+        return self.spec.audio_features
+
+    @property
+    def audio_window(self) -> int:
+        return self.spec.audio_window
+
+    def num_face(self) -> int:
+        """Face-branch Gaussians come first in every attribute tensor of :meth:`deformed`."""
+        return len(self.face)
 
     # -- drawing -----------------------------------------------------------------------------
 
@@ -121,9 +113,7 @@ class Avatar(nn.Module):
         flags[len(self.face):] = 1.0
         return flags
 
-    def draw(
-        self, g: dict[str, torch.Tensor], camera: Camera, backend: Backend = "auto", mouth_share: bool = False
-    ) -> RasterResult:
+    def draw(self, g: dict[str, torch.Tensor], camera: Camera, mouth_share: bool = False) -> RasterResult:
         """Rasterize attributes ``g`` from :meth:`deformed`, keeping the projected means (face
         Gaussians first, for densification).
 
@@ -136,19 +126,13 @@ class Avatar(nn.Module):
             colors = torch.cat([colors, self.is_mouth(colors)], dim=-1)
         return rasterize_full(
             g["means"], g["quats"], g["scales"], g["opacities"], colors,
-            camera.K, camera.viewmat, camera.width, camera.height, backend=backend,
+            camera.K, camera.viewmat, camera.width, camera.height, backend=self.backend,
         )
 
-    def render_full(
-        self, cond: Conditioning, camera: Camera, backend: Backend = "auto", mouth_share: bool = False
-    ) -> tuple[RasterResult, Deformation]:
-        """Render one frame (:meth:`draw`), keeping the face deformation (for its regulariser)."""
-        g, d = self.deformed(cond)
-        return self.draw(g, camera, backend, mouth_share), d
-
-    def render(self, cond: Conditioning, camera: Camera, backend: Backend = "auto") -> torch.Tensor:
+    def render(self, cond: Conditioning, camera: Camera) -> torch.Tensor:
         """RGBA of the head for one frame: [H, W, 4], colour premultiplied by alpha."""
-        out, _ = self.render_full(cond, camera, backend)
+        g, _ = self.deformed(cond)
+        out = self.draw(g, camera)
         return torch.cat([out.rgb, out.alpha], dim=-1)
 
     # -- files -------------------------------------------------------------------------------
@@ -157,37 +141,41 @@ class Avatar(nn.Module):
         """Write avatar.json (spec) and avatar.pt (weights) into ``folder`` (atomically each)."""
         from avatar3d.fsutil import atomic_path, write_json
 
-        write_json(Path(folder) / AVATAR_CONFIG_FILE, self.spec.to_json())
-        with atomic_path(Path(folder) / AVATAR_FILE) as tmp:
+        paths = RunPaths(Path(folder))
+        write_json(paths.avatar_spec, self.spec.to_json())
+        with atomic_path(paths.avatar_weights) as tmp:
             torch.save(self.state_dict(), tmp)
 
     @staticmethod
-    def from_state(spec: AvatarSpec, state: dict[str, torch.Tensor]) -> "Avatar":
-        """Rebuild an avatar from its spec and a state dict (Gaussian counts taken from the state)."""
+    def from_state(spec: AvatarSpec, state: dict[str, torch.Tensor], backend: Backend = "auto") -> "GaussianAvatar":
+        """Rebuild an avatar from its spec and a state dict (Gaussian counts, motion statistics and
+        the lower face's edge taken from the state; runs fitted before the code was clamped to its
+        training range stay unclamped)."""
         face = Gaussians.empty_like_state({k[len("face."):]: v for k, v in state.items() if k.startswith("face.")})
         mouth = Gaussians.empty_like_state({k[len("mouth."):]: v for k, v in state.items() if k.startswith("mouth.")})
-        avatar = Avatar(spec, face, mouth)
+        stats = MotionStats.from_state(state, "face_deform.")
+        avatar = GaussianAvatar(spec, face, mouth, stats, float(state["face_deform.lower_face_y"]), backend)
         defaults = avatar.state_dict()
-        # runs fitted before the code was clamped to its training range stay unclamped
-        unclamped = {k: defaults[k] for k in ("face_deform.motion_lo", "face_deform.motion_hi")}
+        unclamped = {k: defaults[k] for k in ("face_deform.motion_lo", "face_deform.motion_hi") if k not in state}
         avatar.load_state_dict({**unclamped, **state})
         return avatar
 
     @staticmethod
-    def load(run_dir: Path, device: torch.device | str = "cpu") -> "Avatar":
-        """Load a fitted avatar from a RUN folder (safe loaders only: JSON and weights-only torch)."""
-        run_dir = Path(run_dir)
-        spec_path, weights = run_dir / AVATAR_CONFIG_FILE, run_dir / AVATAR_FILE
+    def load(run_dir: Path, device: torch.device | str = "cpu", backend: Backend = "auto") -> "GaussianAvatar":
+        """Load a fitted avatar from a RUN folder (safe loaders only: JSON and weights-only torch),
+        drawing with ``backend``."""
+        paths = RunPaths(Path(run_dir))
+        run_dir, spec_path, weights = paths.root, paths.avatar_spec, paths.avatar_weights
         if not spec_path.is_file() or not weights.is_file():
-            raise UserError(f"not a fitted avatar run (no {AVATAR_CONFIG_FILE}/{AVATAR_FILE}): {run_dir}")
+            raise UserError(f"not a fitted avatar run (no {spec_path.name}/{weights.name}): {run_dir}")
         try:
             spec = AvatarSpec.from_json(json.loads(spec_path.read_text()))
             state = torch.load(weights, map_location=device, weights_only=True)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise UserError(f"corrupt avatar in {run_dir}: {exc}") from None
         try:
-            return Avatar.from_state(spec, state).to(device)
-        except RuntimeError as exc:  # load_state_dict: keys or shapes of another avatar3d version
+            return GaussianAvatar.from_state(spec, state, backend).to(device)
+        except (RuntimeError, KeyError) as exc:  # load_state_dict: keys or shapes of another avatar3d version
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"the avatar in {run_dir} does not fit this version of avatar3d ({first[:120]}): "
@@ -196,11 +184,3 @@ class Avatar(nn.Module):
 
     def num_gaussians(self) -> tuple[int, int]:
         return len(self.face), len(self.mouth)
-
-
-def downsample(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Area-style resampling of [H, W, C] to [size, size, C] (antialiased bilinear)."""
-    x = image.permute(2, 0, 1)[None].float()
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x[0].permute(1, 2, 0)

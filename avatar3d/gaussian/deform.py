@@ -20,12 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from avatar3d.core.dataset import BLENDSHAPE_NAMES, blendshape_index
-
-# Blendshapes that drive the inside of the mouth (jaw opening first).
-MOUTH_CODE_NAMES: tuple[str, ...] = (
-    "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLowerDownLeft", "mouthLowerDownRight",
-)
+from avatar3d.core.vocab import BLENDSHAPE_NAMES, MOUTH_INTERIOR_CHANNELS, SPEECH_INDEX, blendshape_index
 
 
 LOWER_FACE_SOFT_CM = 0.5  # width of the blend between lower and upper face (see FaceDeformer.upper_face)
@@ -67,6 +62,42 @@ class DeformConfig:
 
 
 @dataclass(frozen=True)
+class MotionStats:
+    """How the face field reads the motion code: per-channel standardisation (``mean``,
+    ``scale``) and the range it is clamped to (``lo``, ``hi``; -inf/inf: not clamped), raw
+    blendshape units. Each [52]."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    @staticmethod
+    def of_codes(motion: torch.Tensor, min_scale: float = 0.02) -> "MotionStats":
+        """The statistics of the training frames' codes ``motion`` [T, 52]: their mean and standard
+        deviation (floored at ``min_scale``), clamped to their ``MOTION_RANGE_QUANTILE`` ..
+        1 - ``MOTION_RANGE_QUANTILE`` range per channel."""
+        motion = motion.float()
+        return MotionStats(
+            motion.mean(0), motion.std(0).clamp(min=min_scale),
+            torch.quantile(motion, MOTION_RANGE_QUANTILE, dim=0), torch.quantile(motion, 1 - MOTION_RANGE_QUANTILE, dim=0),
+        )
+
+    @staticmethod
+    def unclamped(mean: torch.Tensor, scale: torch.Tensor) -> "MotionStats":
+        return MotionStats(mean, scale, torch.full_like(mean, -math.inf), torch.full_like(mean, math.inf))
+
+    @staticmethod
+    def from_state(state: dict[str, torch.Tensor], prefix: str) -> "MotionStats":
+        """The statistics saved in a :class:`FaceDeformer`'s state (keys ``prefix + motion_*``);
+        avatars saved before the clamp existed have no range and stay unclamped."""
+        stats = MotionStats.unclamped(state[prefix + "motion_mean"].cpu(), state[prefix + "motion_scale"].cpu())
+        if prefix + "motion_lo" in state:
+            stats = MotionStats(stats.mean, stats.scale, state[prefix + "motion_lo"].cpu(), state[prefix + "motion_hi"].cpu())
+        return stats
+
+
+@dataclass(frozen=True)
 class Deformation:
     """Per-Gaussian offsets for a batch of frames."""
 
@@ -81,10 +112,11 @@ class FaceDeformer(nn.Module):
     def __init__(
         self,
         config: DeformConfig,
-        motion_dim: int,
         audio_shape: tuple[int, int] | None,  # (W, A): window length and feature size, or None
         box_min: torch.Tensor,  # [3] head box in canonical space (cm)
         box_max: torch.Tensor,  # [3]
+        motion_stats: MotionStats,  # how the 52-channel motion code is read (from the training frames)
+        lower_face_y: float,  # canonical y (cm, growing towards the chin) below which only speech channels act
     ):
         super().__init__()
         from avatar3d.cuda_ext import TriPlaneHashGrid
@@ -100,27 +132,27 @@ class FaceDeformer(nn.Module):
         self.register_buffer("box_min", box_min.float().clone())
         self.register_buffer("box_max", box_max.float().clone())
         C = config.cond_dim
-        # per-channel standardisation of the motion code (set from the training frames by fit):
-        # blendshapes differ in range by 100x, and a mouth channel like jawOpen (0-0.3) would
-        # otherwise be drowned by the large, mostly irrelevant eye channels
-        self.register_buffer("motion_mean", torch.zeros(motion_dim))
-        self.register_buffer("motion_scale", torch.ones(motion_dim))
+        motion_dim = len(BLENDSHAPE_NAMES)
+        if any(x.shape != (motion_dim,) for x in (motion_stats.mean, motion_stats.scale, motion_stats.lo, motion_stats.hi)):
+            raise ValueError(f"motion statistics must be [{motion_dim}] each (the blendshapes of BLENDSHAPE_NAMES)")
+        # per-channel standardisation of the motion code (from the training frames): blendshapes
+        # differ in range by 100x, and a mouth channel like jawOpen (0-0.3) would otherwise be
+        # drowned by the large, mostly irrelevant eye channels
+        self.register_buffer("motion_mean", motion_stats.mean.float().clone())
+        self.register_buffer("motion_scale", motion_stats.scale.float().clone())
         # the range of codes the field is fitted on (raw blendshape units; +-inf: not clamped)
-        self.register_buffer("motion_lo", torch.full((motion_dim,), -math.inf))
-        self.register_buffer("motion_hi", torch.full((motion_dim,), math.inf))
+        self.register_buffer("motion_lo", motion_stats.lo.float().clone())
+        self.register_buffer("motion_hi", motion_stats.hi.float().clone())
         self.motion_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
         # The channels the audio prior drives (jaw, lips, cheeks) and the rest (eyes, brows, nose)
         # are encoded apart, and the rest reach only the face above ``lower_face_y`` (canonical
-        # y grows towards the chin; fit sets it at the base of the nose): at render time the two
+        # y grows towards the chin; fit puts it at the base of the nose): at render time the two
         # come from different frames (prior vs pose trajectory), so the lips must not read their
         # shape from the eye/brow channels.
-        from avatar3d.audio.prior import MOTION_INDEX
-
         speech = torch.zeros(motion_dim, dtype=torch.bool)
-        if motion_dim == len(BLENDSHAPE_NAMES):
-            speech[list(MOTION_INDEX)] = True
+        speech[list(SPEECH_INDEX)] = True
         self.register_buffer("speech_channels", speech)
-        self.register_buffer("lower_face_y", torch.tensor(float("inf")))
+        self.register_buffer("lower_face_y", torch.tensor(float(lower_face_y)))
         self.other_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
         self.audio_net = None
         if audio_shape is not None:
@@ -141,14 +173,20 @@ class FaceDeformer(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The hash grid's embeddings and every other weight (the MLPs), which train at
+        different learning rates."""
+        grid = [p for p in self.grid.parameters()]
+        ids = {id(p) for p in grid}
+        return grid, [p for p in self.parameters() if id(p) not in ids]
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Re-initialise every weight from ``generator`` (modules draw from the global RNG otherwise)."""
         from avatar3d.cuda_ext.hashgrid import INIT_RANGE
 
-        for name, p in self.named_parameters():
-            if name.startswith("grid."):
-                nn.init.uniform_(p, -INIT_RANGE, INIT_RANGE, generator=generator)
+        for p in self.grid.parameters():
+            nn.init.uniform_(p, -INIT_RANGE, INIT_RANGE, generator=generator)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
@@ -156,22 +194,6 @@ class FaceDeformer(nn.Module):
                 nn.init.uniform_(m.bias, -bound, bound, generator=generator)
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
-
-    @torch.no_grad()
-    def set_motion_stats(self, motion: torch.Tensor, min_scale: float = 0.02) -> None:
-        """Standardise the motion code with the mean and standard deviation (floored at
-        ``min_scale``) of ``motion`` [T, M], the training frames' blendshapes, and clamp it to
-        their ``MOTION_RANGE_QUANTILE`` .. 1 - ``MOTION_RANGE_QUANTILE`` range per channel."""
-        motion = motion.float()
-        self.motion_mean.copy_(motion.mean(0))
-        self.motion_scale.copy_(motion.std(0).clamp(min=min_scale))
-        self.motion_lo.copy_(torch.quantile(motion, MOTION_RANGE_QUANTILE, dim=0))
-        self.motion_hi.copy_(torch.quantile(motion, 1 - MOTION_RANGE_QUANTILE, dim=0))
-
-    @torch.no_grad()
-    def set_lower_face(self, y: float) -> None:
-        """Canonical y (cm, growing towards the chin) below which only the speech channels act."""
-        self.lower_face_y.fill_(float(y))
 
     def upper_face(self, means: torch.Tensor) -> torch.Tensor:
         """How much each canonical position [N, 3] belongs to the upper face, in [0, 1]. [N]"""
@@ -216,12 +238,12 @@ class MouthDeformer(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer(
-            "code_index", torch.tensor([blendshape_index(n) for n in MOUTH_CODE_NAMES], dtype=torch.long)
+            "code_index", torch.tensor([blendshape_index(n) for n in MOUTH_INTERIOR_CHANNELS], dtype=torch.long)
         )
 
     @property
     def code_dim(self) -> int:
-        return len(MOUTH_CODE_NAMES)
+        return len(MOUTH_INTERIOR_CHANNELS)
 
     def forward(self, basis: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
         """basis [N, K*3], motion [B, 52] blendshapes -> position offsets [B, N, 3]."""

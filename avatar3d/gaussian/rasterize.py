@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
 
 Backend = Literal["auto", "dense", "gsplat"]
 
@@ -34,43 +34,6 @@ NEAR_PLANE = 0.01
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
-
-
-@dataclass(frozen=True)
-class Camera:
-    """A pinhole camera looking at head space: ``x_cam = R @ x_head + t``."""
-
-    K: torch.Tensor  # [3, 3] intrinsics in pixels of a width x height image
-    viewmat: torch.Tensor  # [4, 4] world (head space) -> camera
-    width: int
-    height: int
-
-    @staticmethod
-    def from_pose(K, R, t, width: int, height: int, device: torch.device | str = "cpu") -> "Camera":
-        """Camera from intrinsics ``K`` [3, 3] and head pose ``R`` [3, 3], ``t`` [3] (arrays or tensors)."""
-        K = torch.as_tensor(np.asarray(K, np.float32) if not torch.is_tensor(K) else K, dtype=torch.float32)
-        R = torch.as_tensor(np.asarray(R, np.float32) if not torch.is_tensor(R) else R, dtype=torch.float32)
-        t = torch.as_tensor(np.asarray(t, np.float32) if not torch.is_tensor(t) else t, dtype=torch.float32)
-        viewmat = torch.eye(4, dtype=torch.float32)
-        viewmat[:3, :3] = R
-        viewmat[:3, 3] = t.reshape(3)
-        return Camera(K.to(device), viewmat.to(device), int(width), int(height))
-
-    def crop_resize(self, x0: float, y0: float, side: float, size: int) -> "Camera":
-        """The camera of the square window ``[x0, x0+side) x [y0, y0+side)`` resampled to ``size``^2."""
-        s = size / side
-        K = self.K.clone()
-        K[0, 0] = K[0, 0] * s
-        K[1, 1] = K[1, 1] * s
-        K[0, 2] = (K[0, 2] - x0) * s
-        K[1, 2] = (K[1, 2] - y0) * s
-        return Camera(K, self.viewmat, int(size), int(size))
-
-    @property
-    def center(self) -> torch.Tensor:
-        """Camera centre in world (head) space: ``-R^T t``. [3]"""
-        R = self.viewmat[:3, :3]
-        return -(R.T @ self.viewmat[:3, 3])
 
 
 @dataclass(frozen=True)

@@ -22,25 +22,23 @@ import numpy as np
 
 from avatar3d.core.dataset import Label
 from avatar3d.errors import UserError
+from avatar3d.core.vocab import (
+    EYELID_PAIRS,
+    EYE_BOTTOMS,
+    IRISES,
+    LOWER_INNER_LIP,
+    LOWER_INNER_LIP_MID,
+    LOWER_OUTER_LIP,
+    MOUTH_CORNERS,
+    NUM_LANDMARKS,
+    UPPER_INNER_LIP,
+    UPPER_INNER_LIP_MID,
+    UPPER_OUTER_LIP,
+)
 
-NUM_LANDMARKS = 478
 EYE_CORNER_CM = 8.8  # distance between the outer eye corners (landmarks 33, 263)
 TORSO_TOP_PX = 140.0  # the torso sheet starts at this photo row (below the hair)
 
-# mediapipe landmark indices
-UPPER_INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
-LOWER_INNER_LIP = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308)
-UPPER_OUTER_LIP = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291)
-LOWER_OUTER_LIP = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291)
-MOUTH_CORNERS = (61, 291, 78, 308)
-INNER_LIP_TOP, INNER_LIP_BOTTOM = 13, 14
-# eyelids: (upper, lower) landmark pairs of each eye, and each eye's iris landmarks (centre first)
-EYELID_PAIRS = (
-    (246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155),  # image left
-    (466, 249), (388, 390), (387, 373), (386, 374), (385, 380), (384, 381), (398, 382),  # image right
-)
-IRISES = ((468, 469, 470, 471, 472), (473, 474, 475, 476, 477))
-EYE_BOTTOMS = (145, 374)  # lower-lid middle of the eye of each iris
 
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -248,7 +246,7 @@ def build_subject() -> SubjectMesh:
     tess = tesselation()
     loops = boundary_loops(tess)
     oval = max(loops, key=len)
-    mouth_loop = next(lp for lp in loops if INNER_LIP_TOP in lp)
+    mouth_loop = next(lp for lp in loops if UPPER_INNER_LIP_MID in lp)
     eye_loops = [lp for lp in loops if lp is not oval and lp is not mouth_loop]
     fans = []
     for lp in eye_loops:
@@ -322,7 +320,7 @@ def build_subject() -> SubjectMesh:
 
     x_lo, x_hi = face_v[78, 0] + 0.2, face_v[308, 0] - 0.2
     y_top = face_v[list(UPPER_INNER_LIP), 1].min() - 0.3
-    y_teeth = face_v[INNER_LIP_TOP, 1] + 1.0
+    y_teeth = face_v[UPPER_INNER_LIP_MID, 1] + 1.0
     y_bot = face_v[list(LOWER_INNER_LIP), 1].max() + 2.4
     z_wall = mouth_c[2] + 1.4
     nx, ny = 13, 9
@@ -337,7 +335,7 @@ def build_subject() -> SubjectMesh:
     back_idx = add_verts(np.stack([gx, gy, gz], -1).reshape(-1, 3), guv.reshape(-1, 2), back_jaw.reshape(-1), 1.0)
     parts.append((_grid_faces(back_idx.reshape(ny, nx)), Label.MOUTH, False))
     # orientation of the back wall: facing the camera (-z)
-    y_lt = face_v[INNER_LIP_BOTTOM, 1] - 0.15
+    y_lt = face_v[LOWER_INNER_LIP_MID, 1] - 0.15
     lx, ly = np.meshgrid(np.linspace(x_lo + 0.3, x_hi - 0.3, 9), np.linspace(y_lt, y_lt + 0.8, 3))
     lz = mouth_c[2] + 0.45 + 0.06 * (lx - mouth_c[0]) ** 2
     luv = np.stack([128 + (lx - lx.min()) / (lx.max() - lx.min()) * 127.5, ph + (ly - ly.min()) / 0.8 * 127.5], -1)

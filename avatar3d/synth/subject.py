@@ -29,7 +29,8 @@ from avatar3d.core.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, Label
 from avatar3d.errors import UserError
 from avatar3d.fsutil import commit_dir, work_dir_for, write_json
 from avatar3d.synth.speech import Speech, synth_speech
-from avatar3d.synth.mesh import INNER_LIP_BOTTOM, INNER_LIP_TOP, NUM_LANDMARKS, SubjectMesh, build_subject
+from avatar3d.synth.mesh import SubjectMesh, build_subject
+from avatar3d.core.vocab import LOWER_INNER_LIP_MID, NUM_LANDMARKS, UPPER_INNER_LIP_MID
 from avatar3d.core.video import VideoWriter
 
 TRUTH_KEYS: dict[str, str] = {
@@ -227,7 +228,7 @@ class SynthScene:
         posed = np.stack(
             [self._deform_np(lm + b * m.blink_offset[:NUM_LANDMARKS], m.jaw_weight[:NUM_LANDMARKS], a) for a, b in zip(self.jaw_angle, self.blink)]
         )  # [N, 478, 3]
-        self.mouth_open = np.linalg.norm(posed[:, INNER_LIP_TOP] - posed[:, INNER_LIP_BOTTOM], axis=-1).astype(np.float32)
+        self.mouth_open = np.linalg.norm(posed[:, UPPER_INNER_LIP_MID] - posed[:, LOWER_INNER_LIP_MID], axis=-1).astype(np.float32)
         cam = np.einsum("nij,nvj->nvi", self.motion.R, posed) + self.motion.t[:, None]
         self.landmarks_cam = cam.astype(np.float32)
         proj = np.einsum("ij,nvj->nvi", self.K, cam)

@@ -1,0 +1,69 @@
+"""Time to the first training step and peak host RAM of `avatar3d fit` on a dataset.
+
+    python bench/fit_startup.py DATA --preset default --out bench/results/fit_startup_default.json
+
+Runs the fit command's own entry point (``run_fit``) in this process and stops it right after its
+first optimisation step; reports the wall time from the call to that step and the process's peak
+resident memory (``ru_maxrss``), with the device and the commit. One preset per process, so peak
+RSS belongs to that preset alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _FirstStep(Exception):
+    pass
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from avatar3d.fit import FitConfig, run_fit
+
+    t0 = time.time()
+    first = {}
+
+    def on_step(step: int) -> None:
+        first["seconds"] = time.time() - t0
+        raise _FirstStep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = FitConfig(args.data, Path(tmp) / "run", preset=args.preset, device=args.device, progress=False)
+        try:
+            run_fit(config, on_step=on_step)
+        except _FirstStep:
+            pass
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    result = {
+        "data": str(args.data), "preset": args.preset, "device": args.device,
+        "first_step_seconds": round(first["seconds"], 1), "peak_rss_gb": round(rss_gb, 2),
+        "torch": torch.__version__, "commit": commit, "cpus": len(__import__("os").sched_getaffinity(0)),
+    }
+    print(json.dumps(result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
