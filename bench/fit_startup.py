@@ -10,16 +10,12 @@ RSS belongs to that preset alone.
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
+from provenance import peak_rss_gb, provenance, report
 
 class _FirstStep(Exception):
     pass
@@ -32,8 +28,6 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-
-    import torch
 
     from avatar3d.fit import FitConfig, run_fit
 
@@ -50,18 +44,11 @@ def main() -> int:
             run_fit(config, on_step=on_step)
         except _FirstStep:
             pass
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     result = {
-        "data": str(args.data), "preset": args.preset, "device": args.device,
-        "first_step_seconds": round(first["seconds"], 1), "peak_rss_gb": round(rss_gb, 2),
-        "torch": torch.__version__, "commit": commit, "cpus": len(__import__("os").sched_getaffinity(0)),
+        "data": str(args.data), "preset": args.preset, "first_step_seconds": round(first["seconds"], 1),
+        "peak_rss_gb": peak_rss_gb(), **provenance(args.device),
     }
-    print(json.dumps(result))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.out)
     return 0
 
 

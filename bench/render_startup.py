@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
+from provenance import peak_rss_gb, provenance, report
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,18 +44,12 @@ def main() -> int:
         config = render.RenderConfig(args.run, args.audio, Path(tmp) / "out.mp4", device=args.device, progress=False)
         summary = render.run_render(config)
     wall = time.time() - t0
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     result = {
-        "run": str(args.run), "audio": str(args.audio), "device": args.device, "threads": args.threads,
-        "frames": summary["frames"], "first_frame_seconds": round(first["seconds"], 2),
-        "wall_seconds": round(wall, 2), "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
-        "torch": torch.__version__, "commit": commit, "cpus": len(os.sched_getaffinity(0)),
+        "run": str(args.run), "audio": str(args.audio), "threads": args.threads, "frames": summary["frames"],
+        "first_frame_seconds": round(first["seconds"], 2), "wall_seconds": round(wall, 2),
+        "peak_rss_gb": peak_rss_gb(), **provenance(args.device),
     }
-    print(json.dumps(result))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, args.out)
     return 0
 
 

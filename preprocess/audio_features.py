@@ -61,9 +61,10 @@ def measure_av_offset(paths: DatasetPaths, mel: np.ndarray) -> dict:
     valid = np.asarray(tracks["valid"], bool)
     lag, r = av_offset(mel, jaw, valid, TrainHyper().max_offset)
     _, r_in_sync = av_offset(mel, jaw, valid, 0)
-    if r < -1:  # too few tracked frames to correlate
+    if not np.isfinite(r):  # too few tracked frames to correlate
         return {"frames": None, "ms": None, "r": None, "r_in_sync": None}
-    return {"frames": int(lag), "ms": int(round(1000 * lag / FPS)), "r": round(r, 3), "r_in_sync": round(r_in_sync, 3)}
+    in_sync = round(r_in_sync, 3) if np.isfinite(r_in_sync) else None
+    return {"frames": int(lag), "ms": int(round(1000 * lag / FPS)), "r": round(r, 3), "r_in_sync": in_sync}
 
 
 def run_audio_features(paths: DatasetPaths, manifest: Manifest, config: AudioFeatureConfig) -> dict:

@@ -18,7 +18,9 @@ import numpy as np
 from avatar3d import fsutil
 from avatar3d.core.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME, DatasetPaths
 from avatar3d.errors import UserError
-from avatar3d.core.video import MediaInfo, VideoWriter, iter_timed_frames, probe, read_audio, read_frames_at
+from avatar3d.core.video import (
+    MediaInfo, VideoWriter, iter_timed_frames, probe, read_audio, read_frames_at, write_wav,
+)
 
 VERSION = 1
 T = TypeVar("T")
@@ -182,15 +184,6 @@ def aligned_audio(source: Path, info: MediaInfo, num_frames: int) -> np.ndarray:
     if len(audio) < total:
         audio = np.concatenate([audio, np.zeros(total - len(audio), np.float32)])
     return audio[:total]
-
-
-def write_wav(path: Path, audio: np.ndarray) -> None:
-    """``[S] float32`` in [-1, 1] -> 16 kHz mono int16 wav, atomically."""
-    import soundfile as sf
-
-    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-    with fsutil.atomic_path(path) as tmp:
-        sf.write(str(tmp), pcm, AUDIO_RATE, subtype="PCM_16", format="WAV")
 
 
 def run_decode(

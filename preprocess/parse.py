@@ -466,8 +466,8 @@ def run_parse(paths: DatasetPaths, manifest: Manifest, config: ParseConfig) -> d
                 lm = tracks["landmarks"][i] if usable[i] else None
                 labels = label_frame(frame, conf, lm, plate, known, config)
                 writer.write(labels)
-                # Area statistics on every 2nd row and column: 4x cheaper; on the CNN clip the
-                # mean fractions were within 0.0011 of the full-resolution ones.
+                # Area statistics on every 2nd row and column: 4x cheaper, and within about 0.001
+                # of the full-resolution fractions (BENCHMARKS.md, preprocess).
                 sub = labels[::2, ::2]
                 counts = np.bincount(sub.ravel(), minlength=len(Label))[: len(Label)]
                 area += counts / sub.size

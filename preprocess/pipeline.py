@@ -23,6 +23,7 @@ from typing import Annotated, Any, Callable
 import tyro
 
 from avatar3d import fsutil
+from avatar3d.fsutil import sha256_file
 from avatar3d.core.dataset import (
     FORMAT_VERSION,
     FPS,
@@ -31,7 +32,6 @@ from avatar3d.core.dataset import (
     StageRecord,
     default_split,
     read_manifest,
-    sha256_file,
 )
 from avatar3d.core.config import json_safe
 from avatar3d.errors import UserError
@@ -220,10 +220,9 @@ def _av_offset(stats: dict[str, dict]) -> dict:
 def av_offset_warning(offset: dict) -> str | None:
     """A line for the user when the audio is clearly out of sync with the mouth, else None: the
     best lag is ``AV_OFFSET_WARN_FRAMES`` or more, and correlates better than lag 0 by 0.1 or more
-    (a speaker's jaw/loudness r can be as low as 0.1-0.3 in sync: Lieu's clip, whose audio trails
-    by 6 frames, reads 0.17 there and -0.11 in sync)."""
+    (a speaker's jaw/loudness r can be as low as 0.1-0.3 even in sync: BENCHMARKS.md, prior)."""
     frames, r, r0 = offset.get("frames"), offset.get("r"), offset.get("r_in_sync")
-    if frames is None or r is None or abs(frames) < AV_OFFSET_WARN_FRAMES or r - r0 < 0.1:
+    if frames is None or r is None or r0 is None or abs(frames) < AV_OFFSET_WARN_FRAMES or r - r0 < 0.1:
         return None
     way = "trails" if frames > 0 else "leads"
     return (

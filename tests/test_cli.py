@@ -50,7 +50,8 @@ def test_user_error_is_one_line_and_exit_2(toy_commands, capsys):
 
 
 def test_unknown_subcommand_is_a_usage_error(toy_commands, capsys):
-    assert cli.main(["nope"]) != 0
+    assert cli.main(["nope"]) == 2  # argparse's usage-error status, with the usage on stderr
+    assert "nope" in capsys.readouterr().err
 
 
 def test_user_error_message_is_flattened():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from avatar3d.gaussian.gaussians import (
@@ -120,3 +121,18 @@ def test_ply_export_roundtrip(tmp_path):
     np.testing.assert_allclose(rgb, gs.colors.detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(table["rot_0"], 1.0)
     np.testing.assert_allclose(table["nx"], 0.0)
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a CPU cannot hold Gaussians on another device")
+def test_split_on_cuda_with_the_fits_cpu_generator_matches_the_cpu_split():
+    """A fit's generator stays on the CPU while its Gaussians sit on CUDA (drawing the noise on
+    the Gaussians' device with it raises "Expected a 'cuda' device type for generator"): split
+    draws where the generator lives, so CUDA and CPU give the same children."""
+    out = {}
+    for device in ("cpu", "cuda"):
+        gs = _set(3).to(device)
+        opt = make_optimizer(gs, {})
+        split(gs, opt, torch.tensor([False, True, False], device=device), torch.Generator().manual_seed(1))
+        out[device] = gs.means.detach().cpu()
+    torch.testing.assert_close(out["cuda"], out["cpu"])

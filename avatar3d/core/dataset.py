@@ -22,7 +22,6 @@ canonical head-space points X (centimetres, head-centred) to camera space: ``R @
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,14 +156,6 @@ def default_split(num_frames: int, val_fraction: float = 0.1) -> dict[str, tuple
     """Train on the first frames, validate on the last ``val_fraction`` (a contiguous tail)."""
     n_val = max(1, int(round(num_frames * val_fraction)))
     return {"train": (0, num_frames - n_val), "val": (num_frames - n_val, num_frames)}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(root: Path) -> Manifest:

@@ -169,6 +169,17 @@ def read_frames(path: Path) -> np.ndarray:
     return np.stack(frames)
 
 
+def write_wav(path: Path, audio: np.ndarray, rate: int = 16_000) -> None:
+    """``[S]`` float audio in [-1, 1] -> mono 16-bit PCM wav (clipped, rounded), atomically."""
+    import soundfile as sf
+
+    from avatar3d.fsutil import atomic_path
+
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+    with atomic_path(Path(path)) as tmp:
+        sf.write(str(tmp), pcm, rate, subtype="PCM_16", format="WAV")
+
+
 def read_audio(path: Path, rate: int = 16_000) -> np.ndarray:
     """Decode the first audio stream of ``path``, downmixed to mono and resampled: ``[S] float32``."""
     import av

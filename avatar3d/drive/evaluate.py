@@ -18,8 +18,8 @@ Cross-driven (``--audio``):
     silent frames against the 10th percentile of the training frames' opening, both as tracked
     on the real frames and re-measured on training frames shown at the fit resolution (the head
     window downsampled to the avatar's render size and pasted back, as render does: the tracker
-    reads a blurred shut mouth as slightly open, ~0.02 instead of ~0.006 at 128² on the Obama
-    clip, so that is the fair bound for a low-resolution avatar); and neck/torso
+    reads a blurred shut mouth as slightly open, so that is the fair bound for a low-resolution
+    avatar); and neck/torso
     flicker (:func:`avatar3d.drive.sync.flicker` inside the TORSO label) of the rendered frames against
     the real video's. ``silent_settled_*`` leave out the last silent frames before speech resumes,
     whose look-ahead (the prior's) already hears it; their median is the mouth's opening during the
@@ -67,8 +67,8 @@ class EvalConfig:
     max_lag: int = 5
     """Largest audio/mouth lag searched, in frames (either direction). Keep it under half the
     speech rhythm's period: the mouth/envelope correlation of fluent speech is periodic in the
-    lag (about 9 frames on the hdtf clip), and a wider search picks an alias a whole syllable
-    away (hdtf: r 0.38 at -9 beside 0.23 at 0, for a prior that can look only 2 frames ahead)."""
+    lag (a syllable lasts about 9 frames), and a wider search picks an alias a whole syllable
+    away (BENCHMARKS.md, render and eval)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device to render on; auto = cuda when available, else cpu."""
     progress: bool = True
@@ -248,12 +248,12 @@ def cross_driven(avatar, scene: Scene, prior, audio16: np.ndarray, device, max_l
     from tqdm import tqdm
 
     from avatar3d.core.scene import read_plate
-    from avatar3d.drive.render import drive, load_frame_bases, num_output_frames, render_frames
+    from avatar3d.drive.render import FrameBases, drive, num_output_frames, render_frames
     from avatar3d.drive.sync import speech_envelope
 
     num = num_output_frames(len(audio16))
     driven = drive(avatar, scene, prior, audio16, num, "clip")
-    bases = load_frame_bases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, scene.frame_size))
+    bases = FrameBases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, scene.frame_size))
     openings = StreamedOpenings()
     acc = [0.0, 0]
     prev = prev_m = None

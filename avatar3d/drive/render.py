@@ -187,20 +187,34 @@ class FrameBase:
     labels: np.ndarray  # [H, W] uint8 label map of that dataset frame
 
 
-def load_frame_bases(
-    data_dir: Path, indices: np.ndarray, plate: np.ndarray, background: np.ndarray | None = None
-) -> dict[int, FrameBase]:
-    """The composite bases of the dataset frames in ``indices`` (one decode pass, up to the last)."""
-    out: dict[int, FrameBase] = {}
-    heads = np.array(HEAD_LABELS, np.uint8)
-    for i, frame, labels in iter_dataset_frames(data_dir, np.unique(indices)):
-        head = np.isin(labels, heads)
-        base = np.where(head[..., None], plate, frame)
-        if background is not None:
-            base = np.where((head | (labels == Label.BACKGROUND))[..., None], background, base)
+class FrameBases:
+    """The composite bases of the dataset frames in ``indices``, decoded on first use: ``bases[i]``
+    decodes the clip forward up to frame i (once, in one pass: earlier wanted frames are kept on
+    the way), so the first output frame does not wait for the whole trajectory. ``background``
+    (``[H, W, 3] uint8``, optional) replaces the pixels labelled background."""
+
+    def __init__(self, data_dir: Path, indices: np.ndarray, plate: np.ndarray, background: np.ndarray | None = None):
+        self._frames = iter_dataset_frames(data_dir, np.unique(indices))
+        self._plate, self._background = plate, background
+        self._heads = np.array(HEAD_LABELS, np.uint8)
+        self._done: dict[int, FrameBase] = {}
+
+    def __getitem__(self, i: int) -> FrameBase:
+        while i not in self._done:
+            try:
+                j, frame, labels = next(self._frames)
+            except StopIteration:
+                raise KeyError(f"frame {i} is not one of the bases asked for") from None
+            self._done[j] = self._base(frame, labels)
+        return self._done[i]
+
+    def _base(self, frame: np.ndarray, labels: np.ndarray) -> FrameBase:
+        head = np.isin(labels, self._heads)
+        base = np.where(head[..., None], self._plate, frame)
+        if self._background is not None:
+            base = np.where((head | (labels == Label.BACKGROUND))[..., None], self._background, base)
         extend_neck(base, frame, labels, head)
-        out[i] = FrameBase(np.ascontiguousarray(base), labels)
-    return out
+        return FrameBase(np.ascontiguousarray(base), labels)
 
 
 def extend_neck(base: np.ndarray, frame: np.ndarray, labels: np.ndarray, head: np.ndarray) -> None:
@@ -273,7 +287,7 @@ def render_heads(avatar, scene: Scene, driven: Driven, device) -> Iterator[torch
         yield avatar.render(cond, scene.camera(int(i), device)).cpu()
 
 
-def render_frames(avatar, scene: Scene, driven: Driven, bases: dict[int, FrameBase], device) -> Iterator[np.ndarray]:
+def render_frames(avatar, scene: Scene, driven: Driven, bases: FrameBases, device) -> Iterator[np.ndarray]:
     """Full dataset-size frames ``[H, W, 3] uint8`` of a driven sequence."""
     for i, rgba in zip(driven.trajectory, render_heads(avatar, scene, driven, device)):
         yield paste(rgba, bases[int(i)].image, scene.window)
@@ -306,7 +320,7 @@ def run_render(config: RenderConfig) -> dict:
     prior, prior_path = load_run_prior(info.run, device)
     num = num_output_frames(len(audio16))
     driven = drive(avatar, scene, prior, audio16, num, config.pose, config.still_frame)
-    bases = load_frame_bases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, size), background)
+    bases = FrameBases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, size), background)
 
     # the muxed audio lasts exactly num / 25 s (padded with silence or trimmed by < 20 ms)
     need = int(round(num * mux_rate / FPS))

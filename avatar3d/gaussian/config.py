@@ -65,10 +65,9 @@ class FitParams:
     and tongue are drawn by the mouth branch and lips and skin by the face branch."""
     swap_other_channels: float = 0.5
     """Probability per step that the blendshapes the audio prior does not drive (eyes, brows,
-    nose: all but ``avatar3d.audio.prior.SPEECH_CHANNELS``) come from another random training frame. At
-    render time they do (the pose trajectory's frames), so the field must not learn to read the
-    mouth's shape from them (on Obama it did: shut-mouth codes with an open frame's eye/brow
-    channels rendered a mouth opening of 0.054 instead of 0.020)."""
+    nose: all but ``avatar3d.core.vocab.SPEECH_CHANNELS``) come from another random training
+    frame. At render time they do (the pose trajectory's frames), so the field must not learn to
+    read the mouth's shape from them (BENCHMARKS.md, fit)."""
     w_landmarks: float = 1.0
     """Weight of the lip-landmark guidance: the face deformation field, evaluated at the canonical
     lip landmarks, must carry them onto the frame's tracked 2D ones (Charbonnier distance as a
@@ -79,9 +78,9 @@ class FitParams:
     branch's share of alpha over a box around the lips, seen from the frame's head pose turned
     by up to ``shut_jitter_deg`` in pitch and yaw, mean squared (:func:`shut_cover_loss`). Only
     the face branch gets its gradient, so the lips close over the mouth branch from poses near
-    the pauses' ones too while the mouth branch stays behind them as it was trained. Without
-    it a `small` avatar of the CNN clip showed the mouth branch through a seam between its
-    shut lips, parted by a head pitched 1-3 degrees from the pauses' poses (BENCHMARKS #6)."""
+    the pauses' ones too while the mouth branch stays behind them as it was trained (without
+    it a head pitched a few degrees from the pauses' poses parted shut lips: BENCHMARKS.md,
+    render and eval)."""
     shut_jitter_deg: float = 3.0
     """Largest pitch/yaw turn of the head for the shut-lip cover (degrees)."""
     dilate_px: int = 5
@@ -137,12 +136,8 @@ PRESETS: dict[str, FitParams] = {
         prior_finetune_steps=60,
     ),
 }
-# tiny at 256² and twice the steps: the CPU preset for a real clip whose shut mouth matters. At
-# 128² a shut lip line is under a pixel, and tiny avatars render it parted (CNN, seed 0: shut val
-# frames 0.0187 against the real frames' 0.0035); at 256² they render it about as the real frames
-# read (seeds 0-3: 0.0022-0.0044 against 0.0030). With the shut-lip cover and the code clamped
-# to its training range, 2 s of silence read 0.0017-0.0025 on seeds 0-3 against the bound 0.0035
-# (BENCHMARKS.md, session 11). About 17-19 min on one CPU thread.
+# tiny at 256² and twice the steps: the CPU preset for a real clip whose shut mouth matters (at
+# 128² a shut lip line is under a pixel; BENCHMARKS.md, render and eval, has what each renders).
 PRESETS["small"] = replace(
     PRESETS["tiny"],
     steps=2400,

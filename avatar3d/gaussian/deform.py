@@ -25,10 +25,8 @@ from avatar3d.core.vocab import BLENDSHAPE_NAMES, MOUTH_INTERIOR_CHANNELS, SPEEC
 
 LOWER_FACE_SOFT_CM = 0.5  # width of the blend between lower and upper face (see FaceDeformer.upper_face)
 MOTION_RANGE_QUANTILE = 0.005  # the code is clamped per channel to the training frames' 0.5-99.5 %
-# range (FaceDeformer.condition). Outside it the field extrapolates: on the CNN clip a pause whose
-# tracked mouthShrugLower is 0.93 tore holes in the lips and cheek of a `small` avatar (the plate
-# showing through). Clamped to this range (mouthShrugLower 0.79) it renders shut; clamped to the
-# training min/max (0.86) its lips stayed ragged (BENCHMARKS #6, session 11).
+# range (FaceDeformer.condition): beyond what it was fitted on the field extrapolates and can tear
+# holes in the lips (BENCHMARKS.md, render and eval: the clamp against min/max and no clamp).
 POS_FREQS = 3  # low-frequency sin/cos of the position beside the hash grid (smooth, immediate)
 
 

@@ -147,7 +147,9 @@ def split(
     keep = ~mask
     scales = gaussians.scales[idx].detach()  # [S, 3]
     R = quat_to_rotmat(gaussians.quats[idx].detach())  # [S, 3, 3]
-    noise = torch.randn((2, len(idx), 3), generator=generator, device=scales.device)
+    # drawn where the generator lives (a fit's generator stays on the CPU, its Gaussians may be on
+    # CUDA), then moved: the same numbers on every device
+    noise = torch.randn((2, len(idx), 3), generator=generator, device=generator.device).to(scales.device)
     offsets = torch.einsum("sij,ksj->ksi", R, noise * scales)  # [2, S, 3]
 
     def param_fn(name: str, p: torch.Tensor) -> torch.Tensor:

@@ -67,8 +67,8 @@ def photometric_terms(
 
 
 BRANCH_BAND = 2 / 512  # band around the mouth mask's edge left to either branch (the lips' inner
-# rim), as a fraction of the window side: 2 px at 512². A fixed 2 px band left the whole mouth to
-# either branch at 128² (CNN's mouth mask is at most 6 px tall there: nothing was deep inside it).
+# rim), as a fraction of the window side: 2 px at 512², scaled with the window so that a small
+# window's mouth mask still has pixels deep inside it.
 
 
 def branch_loss(face_alpha: torch.Tensor, mouth_alpha: torch.Tensor, target: Target) -> torch.Tensor:
