@@ -647,23 +647,28 @@ def _fit(
         from tqdm import tqdm
 
         bar = tqdm(total=hp.steps, desc="prior", unit="step", leave=False)
-    for step in range(hp.steps):
-        feats, tgt, mask = _batch(clips, prior, hp, rng)
-        u = prior(torch.from_numpy(feats).to(device))
-        loss = _loss(prior, u, torch.from_numpy(tgt).to(device), torch.from_numpy(mask).to(device), hp)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        acc.append(float(loss.detach()))
-        if len(acc) == 50 or step == hp.steps - 1:
-            curve.append(float(np.mean(acc)))
-            acc = []
+    # dropout draws from torch's global generator, which torch seeds at random per process: inside
+    # this block it is seeded from hp.seed (and restored after), so training is reproducible
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(hp.seed)
+        for step in range(hp.steps):
+            feats, tgt, mask = _batch(clips, prior, hp, rng)
+            u = prior(torch.from_numpy(feats).to(device))
+            loss = _loss(prior, u, torch.from_numpy(tgt).to(device), torch.from_numpy(mask).to(device), hp)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            acc.append(float(loss.detach()))
+            if len(acc) == 50 or step == hp.steps - 1:
+                curve.append(float(np.mean(acc)))
+                acc = []
+                if bar is not None:
+                    bar.set_postfix(loss=f"{curve[-1]:.4f}")
             if bar is not None:
-                bar.set_postfix(loss=f"{curve[-1]:.4f}")
-        if bar is not None:
-            bar.update(1)
+                bar.update(1)
     if bar is not None:
         bar.close()
     return curve
