@@ -158,8 +158,8 @@ def finetune_identity_prior(data_dir: Path, out: Path, steps: int, device) -> st
 
 
 class LossLog:
-    """The named loss terms, averaged over every ``every`` steps, appended to RUN/losses.jsonl
-    (and to wandb when asked); :meth:`plot` draws them."""
+    """The named loss terms, each averaged over the steps it applied to in every ``every`` steps,
+    appended to RUN/losses.jsonl (and to wandb when asked); :meth:`plot` draws them."""
 
     def __init__(self, path: Path, every: int, wandb_run=None):
         self.path = path
@@ -214,12 +214,18 @@ class LossLog:
         plt.close(fig)
 
 
-def _start_wandb(config: FitConfig, params: FitParams, out: Path):
-    """A wandb run (offline unless the user has logged in), or a UserError when wandb is missing."""
+def _wandb_module():
+    """The wandb package, or a UserError saying how to get it."""
     try:
         import wandb
     except ImportError:
         raise UserError("--wandb needs the wandb package: pip install wandb") from None
+    return wandb
+
+
+def _start_wandb(config: FitConfig, params: FitParams, out: Path):
+    """A wandb run (offline unless the user has logged in)."""
+    wandb = _wandb_module()
     mode = "online" if wandb.api.api_key else "offline"
     return wandb.init(project="avatar3d", name=out.name, mode=mode,
                       config={"fit": _config_json(config), "params": params.to_json()})
@@ -239,6 +245,8 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
     from avatar3d.gaussian.trainer import Trainer
 
     device = resolve_device(config.device)
+    if config.wandb:
+        _wandb_module()  # missing: say so before anything is loaded or written
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     out = Path(config.output)

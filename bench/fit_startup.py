@@ -4,8 +4,10 @@
 
 Runs the fit command's own entry point (``run_fit``) in this process and stops it right after its
 first optimisation step; reports the wall time from the call to that step and the process's peak
-resident memory (``ru_maxrss``), with the device and the commit. One preset per process, so peak
-RSS belongs to that preset alone.
+resident memory (``ru_maxrss``) then, and, after waiting for every training frame to be loaded
+(frames streamed in the background), the time that took, the peak memory with the whole clip held
+and the frame store's size; with the device and the commit. One preset per process, so peak RSS
+belongs to that preset alone.
 """
 from __future__ import annotations
 
@@ -29,13 +31,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
+    import avatar3d.gaussian.data as fit_data
     from avatar3d.fit import FitConfig, run_fit
 
+    loaded = []
+    load = fit_data.load_fit_data
+    fit_data.load_fit_data = lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1]
     t0 = time.time()
     first = {}
 
     def on_step(step: int) -> None:
         first["seconds"] = time.time() - t0
+        first["rss"] = peak_rss_gb()
+        data = loaded[-1]
+        data.frames.wait(data.num_frames)
+        first["all_frames_seconds"] = time.time() - t0
+        first["store"] = (data.frames.form, data.frames.nbytes() / 2**30)
         raise _FirstStep
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,7 +57,9 @@ def main() -> int:
             pass
     result = {
         "data": str(args.data), "preset": args.preset, "first_step_seconds": round(first["seconds"], 1),
-        "peak_rss_gb": peak_rss_gb(), **provenance(args.device),
+        "peak_rss_gb_at_first_step": first["rss"], "all_frames_loaded_seconds": round(first["all_frames_seconds"], 1),
+        "peak_rss_gb": peak_rss_gb(), "frame_store": first["store"][0],
+        "frame_store_gb": round(first["store"][1], 3), **provenance(args.device),
     }
     report(result, args.out)
     return 0

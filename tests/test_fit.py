@@ -367,3 +367,20 @@ def test_streamed_jpeg_frames_match_the_raw_ones_and_unlock_by_step(synthetic):
     steps = tiny_fit_params().steps  # 200: every training frame is drawable from step 20 on
     assert jpeg.drawable(0) == 5 and jpeg.drawable(10) < len(jpeg.train) and jpeg.drawable(20) == len(jpeg.train)
     assert raw.drawable(0) == len(raw.train) and steps == 200
+
+
+def test_wandb_without_the_package_is_a_one_line_error_before_anything_is_written(synthetic, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kw):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(UserError, match="pip install wandb"):
+        run_fit(FitConfig(synthetic, tmp_path / "run", preset=_preset_file(tmp_path, tiny_fit_params()), device="cpu",
+                          progress=False, wandb=True))
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
