@@ -19,7 +19,7 @@ import numpy as np
 
 from avatar3d.core import video
 from avatar3d.core.dataset import DatasetPaths, Label, Manifest, load_tracks
-from avatar3d.core.vocab import blendshape_index
+from avatar3d.core.vocab import CHIN, FOREHEAD, blendshape_index
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_path
 from avatar3d.core.masks import iter_masks
@@ -70,7 +70,7 @@ def head_angles(R: np.ndarray, canonical: np.ndarray | None) -> np.ndarray:
     """
     basis = None
     if canonical is not None and np.isfinite(canonical).all():
-        up = canonical[10] - canonical[152]
+        up = canonical[FOREHEAD] - canonical[CHIN]
         fwd = canonical[1] - canonical.mean(axis=0)
         if np.linalg.norm(up) > 1e-6 and np.linalg.norm(fwd) > 1e-6:
             up = up / np.linalg.norm(up)

@@ -32,14 +32,19 @@ import numpy as np
 from avatar3d import fsutil
 from avatar3d.core.dataset import DatasetPaths, Manifest
 from avatar3d.preprocess.track import fill_gaps
-from avatar3d.core.vocab import RIGID_LANDMARKS
+from avatar3d.core.vocab import (
+    CHIN,
+    FOREHEAD,
+    LEFT_CHEEK,
+    LEFT_EYE_OUTER,
+    RIGHT_CHEEK,
+    RIGHT_EYE_OUTER,
+    RIGID_LANDMARKS,
+)
 
 VERSION = 1
 
 # Landmarks that define the face-aligned canonical frame and its scale.
-_RIGHT_CHEEK, _LEFT_CHEEK = 234, 454  # face outline at eye level (image left / right when frontal)
-_FOREHEAD, _CHIN = 10, 152
-_EYE_OUTER_R, _EYE_OUTER_L = 33, 263
 
 
 @dataclass(frozen=True)
@@ -140,14 +145,14 @@ def _mean_shape(points: np.ndarray) -> np.ndarray:
 
 def _face_frame(ref: np.ndarray, config: PoseConfig) -> np.ndarray:
     """``ref`` [478, 3] in any similarity frame -> the face-aligned head frame in cm."""
-    x_axis = ref[_LEFT_CHEEK] - ref[_RIGHT_CHEEK]
-    y_axis = ref[_CHIN] - ref[_FOREHEAD]
+    x_axis = ref[LEFT_CHEEK] - ref[RIGHT_CHEEK]
+    y_axis = ref[CHIN] - ref[FOREHEAD]
     x_axis = x_axis / np.linalg.norm(x_axis)
     y_axis = y_axis - (y_axis @ x_axis) * x_axis
     y_axis /= np.linalg.norm(y_axis)
     z_axis = np.cross(x_axis, y_axis)
     basis = np.stack([x_axis, y_axis, z_axis])  # rows: head axes in reference coordinates
-    scale = config.eye_width_cm / np.linalg.norm(ref[_EYE_OUTER_L] - ref[_EYE_OUTER_R])
+    scale = config.eye_width_cm / np.linalg.norm(ref[LEFT_EYE_OUTER] - ref[RIGHT_EYE_OUTER])
     canon = (ref - ref.mean(0)) @ basis.T * scale
     canon[:, 2] -= config.head_centre_depth_cm  # origin behind the face: the head centre
     return canon
@@ -240,7 +245,7 @@ def fit_pose(landmarks: np.ndarray, weights: np.ndarray, size: int, config: Pose
     wsum = w.sum() * m
     delta = 2.0  # px, pseudo-Huber scale
 
-    eye_r, eye_l = rigid.index(_EYE_OUTER_R), rigid.index(_EYE_OUTER_L)
+    eye_r, eye_l = rigid.index(RIGHT_EYE_OUTER), rigid.index(LEFT_EYE_OUTER)
 
     def metric(xr_):
         """The canonical points scaled to the eye-corner width: removes the scale gauge."""

@@ -21,6 +21,9 @@ FACE_OVAL: tuple[int, ...] = (
 )
 FOREHEAD = 10  # top of the face oval
 CHIN = 152  # bottom of the face oval
+RIGHT_CHEEK = 234  # the face oval at eye level, image left when frontal
+LEFT_CHEEK = 454  # the face oval at eye level, image right when frontal
+NOSE_TIP = 4
 FOREHEAD_SKIN: tuple[int, ...] = (151, 9, 108, 337, 69, 299, 104, 333)  # points on the forehead's skin
 SUBNASALE = 2  # the base of the nose: where the lower face begins
 

@@ -23,23 +23,26 @@ import numpy as np
 from avatar3d.core.dataset import Label
 from avatar3d.errors import UserError
 from avatar3d.core.vocab import (
-    EYELID_PAIRS,
+    CHIN,
     EYE_BOTTOMS,
+    EYELID_PAIRS,
+    FOREHEAD,
     IRISES,
+    LEFT_EYE_OUTER,
     LOWER_INNER_LIP,
     LOWER_INNER_LIP_MID,
     LOWER_OUTER_LIP,
     MOUTH_CORNERS,
+    NOSE_TIP,
     NUM_LANDMARKS,
+    RIGHT_EYE_OUTER,
     UPPER_INNER_LIP,
     UPPER_INNER_LIP_MID,
     UPPER_OUTER_LIP,
 )
 
-EYE_CORNER_CM = 8.8  # distance between the outer eye corners (landmarks 33, 263)
+EYE_CORNER_CM = 8.8  # distance between the outer eye corners (RIGHT_EYE_OUTER, LEFT_EYE_OUTER)
 TORSO_TOP_PX = 140.0  # the torso sheet starts at this photo row (below the hair)
-
-
 _ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
@@ -214,9 +217,10 @@ def build_subject() -> SubjectMesh:
     lm = photo_landmarks(photo)  # [478, 3] px
     person = photo_person_mask(photo)  # [512, 512]
 
-    scale = EYE_CORNER_CM / np.linalg.norm(lm[33, :2] - lm[263, :2])  # cm per photo pixel
-    eye_y = 0.5 * (lm[33, 1] + lm[263, 1])
-    centre_px = np.array([0.5 * (lm[33, 0] + lm[263, 0]), eye_y + 1.0 / scale, lm[4, 2] + 10.5 / scale])
+    eye_r, eye_l = lm[RIGHT_EYE_OUTER], lm[LEFT_EYE_OUTER]
+    scale = EYE_CORNER_CM / np.linalg.norm(eye_r[:2] - eye_l[:2])  # cm per photo pixel
+    eye_y = 0.5 * (eye_r[1] + eye_l[1])
+    centre_px = np.array([0.5 * (eye_r[0] + eye_l[0]), eye_y + 1.0 / scale, lm[NOSE_TIP, 2] + 10.5 / scale])
 
     def to_head(p_px: np.ndarray) -> np.ndarray:
         return (p_px - centre_px) * scale
@@ -275,7 +279,7 @@ def build_subject() -> SubjectMesh:
     n_rings = 9
     prev_ring = oval
     oval_uv = lm[oval, :2]
-    face_centre_uv = lm[[33, 263, 152, 10], :2].mean(0)
+    face_centre_uv = lm[[RIGHT_EYE_OUTER, LEFT_EYE_OUTER, CHIN, FOREHEAD], :2].mean(0)
     hair_bottom_cm = 2.6  # below this height (cm under the head centre) the shell is skin, not hair
     is_hair_src = p_oval[:, 1] < hair_bottom_cm
     shell_tris_hair, shell_tris_skin = [], []
@@ -346,7 +350,7 @@ def build_subject() -> SubjectMesh:
     n_around, neck_y = 28, np.linspace(2.0, 15.0, 7)
     ang = np.linspace(0, 2 * np.pi, n_around, endpoint=False)
     neck_rings = []
-    chin_uv_y = lm[152, 1] + 4.0
+    chin_uv_y = lm[CHIN, 1] + 4.0
     for y in neck_y:
         pos = np.stack([5.0 * np.cos(ang), np.full_like(ang, y), 1.5 + 4.6 * np.sin(ang)], -1)
         uv = to_photo(pos)
