@@ -10,7 +10,7 @@ the end; ``--resume`` continues a killed fit from its last checkpoint with the p
 started with. A finished RUN is laid out as :mod:`avatar3d.core.runs` says: config.json (the
 FitConfig and the FitParams used), scene.json, avatar.json/avatar.pt, avatar.ply, prior.pt,
 losses.jsonl (every ``log_every`` steps: the mean of each named loss term, the head PSNR, the
-Gaussian count, seconds) and losses.png, metrics.json (val-split PSNR / SSIM / LMD, timings) and
+primitive (Gaussian) count, seconds) and losses.png, metrics.json (val-split PSNR / SSIM / LMD, timings) and
 val.png (val frames, rows of prediction | truth | error, mouth closed ... open).
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ class LossLog:
         self._psnr: list[float] = []
         self.t0 = time.time()
 
-    def add(self, step: int, terms: dict[str, float], psnr: float, num_gaussians: int, last: bool) -> dict | None:
+    def add(self, step: int, terms: dict[str, float], psnr: float, primitives: int, last: bool) -> dict | None:
         """Record one step; every ``every`` steps (and at the last) write and return the means."""
         self._terms.append(terms)
         self._psnr.append(psnr)
@@ -177,7 +177,7 @@ class LossLog:
             return None
         names = list(dict.fromkeys(k for t in self._terms for k in t))
         row = {"step": step, **{k: float(np.mean([t[k] for t in self._terms if k in t])) for k in names},
-               "psnr_head": float(np.mean(self._psnr)), "gaussians": num_gaussians,
+               "psnr_head": float(np.mean(self._psnr)), "primitives": primitives,
                "seconds": round(time.time() - self.t0, 2)}
         self._terms, self._psnr = [], []
         with open(self.path, "a") as f:
@@ -197,7 +197,7 @@ class LossLog:
         if not rows:
             return
         steps = [r["step"] for r in rows]
-        terms = [k for k in rows[-1] if k not in ("step", "psnr_head", "gaussians", "seconds")]
+        terms = [k for k in rows[-1] if k not in ("step", "psnr_head", "primitives", "seconds")]
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
         for k in terms:
             ax.plot(steps, [r.get(k) for r in rows], lw=1.5 if k == "total" else 1, label=k)
@@ -235,15 +235,20 @@ def _start_wandb(config: FitConfig, params: FitParams, out: Path):
 # The command
 
 
+# field -> the module holding its ``Trainer`` (start/resume/train_step/checkpoint/save_avatar/
+# counts, an ``avatar`` drawn through avatar3d.core.avatar) and its ``load_fit_data``
+FIELD_TRAINERS: dict[str, str] = {"gaussian": "avatar3d.gaussian.trainer"}
+
+
 def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> dict:
     """Fit and write RUN (see module docstring). ``on_step(step)`` is called after each step."""
-    from avatar3d.drive.val import val_metrics
-    from avatar3d.gaussian.avatar import AvatarSpec
-    from avatar3d.gaussian.data import load_fit_data
-    from avatar3d.gaussian.init import init_avatar
-    from avatar3d.gaussian.ply import write_ply
-    from avatar3d.gaussian.trainer import Trainer
+    import importlib
 
+    from tqdm import tqdm
+
+    from avatar3d.drive.val import val_metrics
+
+    field = importlib.import_module(FIELD_TRAINERS[config.field])
     device = resolve_device(config.device)
     if config.wandb:
         _wandb_module()  # missing: say so before anything is loaded or written
@@ -265,28 +270,17 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
         params = config.resolved_params()
         if work.exists():
             shutil.rmtree(work)
-    data = load_fit_data(config.data, params)
+    data = field.load_fit_data(config.data, params)
     t0 = time.time()
 
     if config.resume:
-        spec = AvatarSpec.from_json(json.loads(paths.avatar_spec.read_text()))
-        try:
-            state = torch.load(paths.checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise UserError(f"corrupt checkpoint in {work}: {exc}") from None
-        trainer = Trainer.from_state(state, spec, params, device)
+        trainer = field.Trainer.resume(paths, params, device)
         print(f"avatar3d fit: resuming {out} at step {trainer.step}/{params.steps}")
     else:
         work.mkdir(parents=True)
-        generator = torch.Generator().manual_seed(params.seed)
-        avatar = init_avatar(data, params, generator).to(device)
-        extent = float(torch.tensor(avatar.spec.box_max).sub(torch.tensor(avatar.spec.box_min)).norm() / 2)
-        trainer = Trainer.create(avatar, params, extent, generator, device)
+        trainer = field.Trainer.start(data, params, device, paths)
         fsutil.write_json(paths.config, {"fit": _config_json(config), "params": params.to_json()})
         write_scene_file(paths.scene, data.window)
-        fsutil.write_json(paths.avatar_spec, avatar.spec.to_json())
-
-    from tqdm import tqdm
 
     log = LossLog(paths.losses, params.log_every, _start_wandb(config, params, out) if config.wandb else None)
     bar = tqdm(total=params.steps, initial=trainer.step, disable=not config.progress, desc="fit", unit="step",
@@ -294,12 +288,11 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
     while trainer.step < params.steps:
         terms, p = trainer.train_step(data, params, device)
         bar.update(1)
-        row = log.add(trainer.step, terms, p, len(trainer.avatar.face), trainer.step == params.steps)
+        row = log.add(trainer.step, terms, p, trainer.counts()["primitives"], trainer.step == params.steps)
         if row is not None:
-            bar.set_postfix(loss=f"{row['total']:.4f}", psnr=f"{row['psnr_head']:.2f}", n=row["gaussians"])
+            bar.set_postfix(loss=f"{row['total']:.4f}", psnr=f"{row['psnr_head']:.2f}", n=row["primitives"])
         if trainer.step % params.checkpoint_every == 0 and trainer.step < params.steps:
-            with fsutil.atomic_path(paths.checkpoint) as tmp:
-                torch.save(trainer.state_dict(), tmp)
+            trainer.checkpoint(paths)
         if on_step is not None:
             on_step(trainer.step)
     bar.close()
@@ -308,16 +301,15 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
         log.wandb.finish()
     log.plot(paths.losses_plot)
 
-    avatar = trainer.avatar.eval()
-    avatar.save(work)
-    write_ply(paths.ply, avatar.face, avatar.mouth)
+    trainer.save_avatar(paths)
     prior_info = finetune_identity_prior(config.data, paths.prior, params.prior_finetune_steps, device)
     t1 = time.time()
-    metrics, preds = val_metrics(avatar, data, data.frame, device)
+    metrics, preds = val_metrics(trainer.avatar, data, data.frame, device)
     metrics["val_png_frames"] = write_val_png(paths.val_png, data, preds)
+    counts = trainer.counts()
     metrics.update(
         steps=params.steps, fit_seconds=round(fit_seconds, 1), eval_seconds=round(time.time() - t1, 1),
-        num_face=len(avatar.face), num_mouth=len(avatar.mouth), device=str(device), prior=prior_info,
+        **{k: v for k, v in counts.items() if k != "primitives"}, device=str(device), prior=prior_info,
         frame_store=data.frames.form, frame_store_mb=round(data.frames.nbytes() / 2**20, 1),
     )
     fsutil.write_json(paths.metrics, json_safe(metrics))
@@ -326,7 +318,7 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
     print(
         f"avatar3d fit: {out}  val PSNR {metrics['psnr']:.2f} dB (head {metrics['psnr_head']:.2f}), "
         f"SSIM {metrics['ssim']:.3f} (head {metrics['ssim_head']:.3f}), LMD {metrics.get('lmd_px', math.nan):.2f} px "
-        f"at {metrics['resolution'][0]}x{metrics['resolution'][1]}, {len(avatar.face) + len(avatar.mouth)} Gaussians, "
+        f"at {metrics['resolution'][0]}x{metrics['resolution'][1]}, {counts['primitives']} {config.field} primitives, "
         f"fit {fit_seconds:.0f} s"
     )
     return metrics

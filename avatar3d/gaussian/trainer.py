@@ -9,16 +9,20 @@ bit for bit.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
 
+from avatar3d import fsutil
 from avatar3d.core.avatar import Conditioning, composite
+from avatar3d.core.runs import RunPaths
 from avatar3d.core.vocab import SPEECH_INDEX
 from avatar3d.drive.metrics import psnr
 from avatar3d.gaussian.avatar import AvatarSpec, GaussianAvatar
 from avatar3d.gaussian.config import FitParams
-from avatar3d.gaussian.data import FitData
+from avatar3d.errors import UserError
+from avatar3d.gaussian.data import FitData, load_fit_data  # noqa: F401  (the fit command's data loader)
 from avatar3d.gaussian.gaussians import DensifyStrategy, make_optimizer
 from avatar3d.gaussian.losses import (
     branch_loss, landmark_guidance, make_target, photometric_terms, shut_cover_loss,
@@ -45,6 +49,47 @@ class Trainer:
     generator: torch.Generator
     extent: float
     step: int = 0
+
+    @staticmethod
+    def start(data: FitData, params: FitParams, device, paths: RunPaths) -> "Trainer":
+        """A new fit: the avatar initialised from ``data`` with the fit's own generator (seeded
+        from ``params.seed``); its spec is written to ``paths`` (what a resume rebuilds it from)."""
+        from avatar3d.gaussian.init import init_avatar
+
+        generator = torch.Generator().manual_seed(params.seed)
+        avatar = init_avatar(data, params, generator).to(device)
+        extent = float(torch.tensor(avatar.spec.box_max).sub(torch.tensor(avatar.spec.box_min)).norm() / 2)
+        fsutil.write_json(paths.avatar_spec, avatar.spec.to_json())
+        return Trainer.create(avatar, params, extent, generator, device)
+
+    @staticmethod
+    def resume(paths: RunPaths, params: FitParams, device) -> "Trainer":
+        """The fit saved in ``paths`` (its avatar spec and last checkpoint); UserError when corrupt."""
+        try:
+            spec = AvatarSpec.from_json(json.loads(paths.avatar_spec.read_text()))
+            state = torch.load(paths.checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise UserError(f"corrupt checkpoint in {paths.root}: {exc}") from None
+        return Trainer.from_state(state, spec, params, device)
+
+    def save_avatar(self, paths: RunPaths) -> None:
+        """The fitted avatar into the run: avatar.json/avatar.pt and the canonical Gaussians as a
+        standard 3DGS .ply."""
+        from avatar3d.gaussian.ply import write_ply
+
+        avatar = self.avatar.eval()
+        avatar.save(paths.root)
+        write_ply(paths.ply, avatar.face, avatar.mouth)
+
+    def counts(self) -> dict[str, int]:
+        """What the avatar is made of now: ``primitives`` (all Gaussians) and per branch."""
+        nf, nm = self.avatar.num_gaussians()
+        return {"primitives": nf + nm, "num_face": nf, "num_mouth": nm}
+
+    def checkpoint(self, paths: RunPaths) -> None:
+        """The whole optimisation state into ``paths.checkpoint`` (atomically)."""
+        with fsutil.atomic_path(paths.checkpoint) as tmp:
+            torch.save(self.state_dict(), tmp)
 
     @staticmethod
     def create(avatar: GaussianAvatar, params: FitParams, extent: float, generator: torch.Generator, device) -> "Trainer":
