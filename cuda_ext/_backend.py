@@ -81,6 +81,22 @@ BUILD = BuildDefinition(
 )
 
 
+def ensure_ninja_on_path() -> bool:
+    """torch's JIT builds run ``ninja`` from PATH; the one pip installs with the project (a
+    requirement) lives in the environment's bin folder, which ``make`` and IDEs do not put on
+    PATH. Prepend that folder when ninja is not found otherwise. True when ninja is available."""
+    from torch.utils import cpp_extension
+
+    if cpp_extension.is_ninja_available():
+        return True
+    try:
+        import ninja
+    except ImportError:
+        return False
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    return cpp_extension.is_ninja_available()
+
+
 @functools.cache
 def _build() -> tuple[Any, str | None]:
     """Build and load the extension once per process: (torch.ops namespace, None) or (None, why not)."""
@@ -92,6 +108,8 @@ def _build() -> tuple[Any, str | None]:
 
     if cpp_extension.CUDA_HOME is None:
         return None, "the CUDA toolkit (nvcc) was not found; set CUDA_HOME"
+    if not ensure_ninja_on_path():
+        return None, "ninja was not found (pip install ninja, or put it on PATH)"
     log.info("building the %s CUDA extension (first use; torch caches the build)", BUILD.name)
     try:
         cpp_extension.load(**BUILD.load_kwargs())

@@ -385,3 +385,20 @@ def test_triplane_module():
     assert torch.equal(out2[:, :6], out[:, :6]) and not torch.equal(out2[:, 6:], out[:, 6:])
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
         tri(torch.rand(4, 2))
+
+
+def test_the_jit_build_finds_the_ninja_pip_installed(monkeypatch):
+    """torch's JIT build runs `ninja` from PATH, and `make` (or an IDE) does not put the
+    environment's bin folder there: the loader adds the pip-installed ninja's folder itself."""
+    import os
+    import shutil
+
+    from torch.utils import cpp_extension
+
+    ninja = pytest.importorskip("ninja", reason="the ninja package (a requirement) is not installed")
+    bare = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and not (shutil.which("ninja", path=p)))
+    monkeypatch.setenv("PATH", bare)
+    assert not cpp_extension.is_ninja_available()  # as under `make test` without a system ninja
+    assert _backend.ensure_ninja_on_path()
+    assert cpp_extension.is_ninja_available() and os.environ["PATH"].startswith(ninja.BIN_DIR)

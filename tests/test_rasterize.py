@@ -177,3 +177,54 @@ def test_gsplat_matches_dense_on_cuda():
     torch.testing.assert_close(g[1], d[1], atol=1e-3, rtol=0)
     for gd, gg in zip(d[2], g[2]):
         torch.testing.assert_close(gg, gd, atol=2e-3, rtol=2e-2)
+
+
+@pytest.fixture
+def fresh_backend_choice():
+    """resolve_backend decides once per process: start each test from an undecided state."""
+    from avatar3d.gaussian import rasterize as R
+
+    R.gsplat_unavailable_reason.cache_clear()
+    R._warn_dense.cache_clear()
+    yield R
+    R.gsplat_unavailable_reason.cache_clear()
+    R._warn_dense.cache_clear()
+
+
+def test_auto_without_gsplat_tries_the_import_once_and_warns_once(fresh_backend_choice, monkeypatch, caplog):
+    import builtins
+    import sys
+
+    R = fresh_backend_choice
+    monkeypatch.setitem(sys.modules, "gsplat", None)  # import gsplat -> ImportError
+    tries = []
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__",
+                        lambda name, *a, **kw: (tries.append(name) if name == "gsplat" else None) or real_import(name, *a, **kw))
+    with caplog.at_level("WARNING"):
+        picks = [R.resolve_backend("auto", torch.device("cuda", 0)) for _ in range(3)]
+    assert picks == ["dense"] * 3 and len(tries) == 1
+    warned = [r for r in caplog.records if "dense PyTorch rasterizer" in r.getMessage()]
+    assert len(warned) == 1 and "not installed" in warned[0].getMessage()
+    assert R.resolve_backend("auto", torch.device("cpu")) == "dense" and R.resolve_backend("gsplat", "cpu") == "gsplat"
+
+
+def test_auto_with_a_gsplat_that_cannot_run_falls_back_to_dense(fresh_backend_choice, monkeypatch, caplog):
+    """gsplat 1.5.3 imports fine and builds its kernels on the first call, which raises without
+    nvcc or ninja: auto must see that once and use the dense path, not fail every frame."""
+    import sys
+    import types
+
+    R = fresh_backend_choice
+    fake = types.ModuleType("gsplat")
+    fake.__version__ = R.GSPLAT_VERSION
+
+    def rasterization(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    fake.rasterization = rasterization
+    monkeypatch.setitem(sys.modules, "gsplat", fake)
+    with caplog.at_level("WARNING"):
+        assert [R.resolve_backend("auto", torch.device("cuda", 0)) for _ in range(2)] == ["dense", "dense"]
+    warned = [r.getMessage() for r in caplog.records if "dense PyTorch rasterizer" in r.getMessage()]
+    assert len(warned) == 1 and "could not rasterize" in warned[0]

@@ -19,6 +19,8 @@ is imported lazily.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -270,17 +272,50 @@ def rasterize_gsplat(
     return RasterResult(rgb[0], alpha[0], meta["means2d"], radii)
 
 
+GSPLAT_VERSION = "1.5.3"  # the gsplat the code was checked against (setup.py's gpu extra pins it)
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def gsplat_unavailable_reason(device_index: int) -> str | None:
+    """None when gsplat rasterizes on CUDA device ``device_index``, else a one-line reason. Decided
+    once per process and device: the import, then one tiny rasterization (gsplat builds its
+    kernels on its first call, which fails without nvcc or ninja)."""
+    try:
+        import gsplat
+    except ImportError as exc:
+        return f"gsplat is not installed ({exc}; pip install -e '.[gpu]')"
+    try:
+        dev = torch.device("cuda", device_index)
+        one = torch.ones(1, device=dev)
+        rasterize_gsplat(
+            torch.tensor([[0.0, 0.0, 5.0]], device=dev), torch.tensor([[1.0, 0.0, 0.0, 0.0]], device=dev),
+            torch.full((1, 3), 0.1, device=dev), 0.5 * one, torch.ones(1, 3, device=dev),
+            torch.tensor([[8.0, 0, 4], [0, 8.0, 4], [0, 0, 1]], device=dev), torch.eye(4, device=dev), 8, 8,
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure of the first call means: use the dense path
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"gsplat {getattr(gsplat, '__version__', '?')} could not rasterize: {first[:160]}"
+    return None
+
+
+@functools.cache
+def _warn_dense(reason: str) -> None:
+    log.warning("avatar3d: rendering on CUDA with the dense PyTorch rasterizer (slow): %s", reason)
+
+
 def resolve_backend(backend: Backend, device: torch.device) -> str:
-    """'auto' -> gsplat on CUDA when it is installed, else dense."""
+    """'auto' -> gsplat on CUDA when it works there (checked once, :func:`gsplat_unavailable_reason`;
+    when it does not, a warning says why, once), else dense."""
     if backend != "auto":
         return backend
-    if torch.device(device).type == "cuda":
-        try:
-            import gsplat  # noqa: F401
-
-            return "gsplat"
-        except ImportError:
-            return "dense"
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "dense"
+    reason = gsplat_unavailable_reason(device.index if device.index is not None else torch.cuda.current_device())
+    if reason is None:
+        return "gsplat"
+    _warn_dense(reason)
     return "dense"
 
 
