@@ -67,6 +67,9 @@ class FitConfig:
     wandb: bool = False
     """Also log the loss terms to Weights & Biases (offline unless you have logged in; needs
     `pip install wandb`)."""
+    max_minutes: float = 0.0
+    """Wall-time budget of the optimisation: stop after this many minutes even if fewer than
+    params.steps are done, then finish the run as usual (save, measure); 0 = no budget."""
 
     @classmethod
     def cli_default(cls, argv: list[str]) -> "FitConfig":
@@ -169,6 +172,14 @@ class LossLog:
         self._psnr: list[float] = []
         self.t0 = time.time()
 
+    def add_val(self, step: int, psnr_head: float) -> None:
+        """A held-out measurement during the fit: one row ``{"step", "val_psnr_head", "seconds"}``."""
+        row = {"step": step, "val_psnr_head": psnr_head, "seconds": round(time.time() - self.t0, 2)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(json_safe(row)) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({"val_psnr_head": psnr_head}, step=step)
+
     def add(self, step: int, terms: dict[str, float], psnr: float, primitives: int, last: bool) -> dict | None:
         """Record one step; every ``every`` steps (and at the last) write and return the means."""
         self._terms.append(terms)
@@ -193,7 +204,11 @@ class LossLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        if not self.path.is_file():
+            return
+        lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = [r for r in lines if "total" in r]
+        val = [r for r in lines if "val_psnr_head" in r]
         if not rows:
             return
         steps = [r["step"] for r in rows]
@@ -205,9 +220,13 @@ class LossLog:
         ax.set_xlabel("step")
         ax.set_title("loss terms (weighted)", fontsize=9)
         ax.legend(fontsize=7)
-        ax2.plot(steps, [r["psnr_head"] for r in rows], "k-", lw=1)
+        ax2.plot(steps, [r["psnr_head"] for r in rows], "k-", lw=1, label="training frames")
+        if val:
+            ax2.plot([r["step"] for r in val], [r["val_psnr_head"] for r in val], "C3o-", lw=1, ms=3,
+                     label="val frames")
         ax2.set_xlabel("step")
-        ax2.set_title("training head PSNR (dB)", fontsize=9)
+        ax2.set_title("head PSNR (dB)", fontsize=9)
+        ax2.legend(fontsize=7)
         fig.tight_layout()
         with fsutil.atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=80, format="png")
@@ -229,6 +248,22 @@ def _start_wandb(config: FitConfig, params: FitParams, out: Path):
     mode = "online" if wandb.api.api_key else "offline"
     return wandb.init(project="avatar3d", name=out.name, mode=mode,
                       config={"fit": _config_json(config), "params": params.to_json()})
+
+
+def val_head_psnr(avatar, data, frames: np.ndarray, device) -> float:
+    """Mean head-region PSNR of some val ``frames`` drawn with their tracked motion (dB)."""
+    from avatar3d.drive.metrics import psnr
+    from avatar3d.drive.val import render_window_frame
+
+    was_training = avatar.training
+    avatar.eval()
+    values = []
+    for i in frames:
+        f = data.frame(int(i))
+        pred = render_window_frame(avatar, data, int(i), f.background, device).cpu()
+        values.append(float(psnr(pred, f.image.float() / 255, f.head.float() / 255)))
+    avatar.train(was_training)
+    return float(np.mean(values))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,18 +318,27 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
         write_scene_file(paths.scene, data.window)
 
     log = LossLog(paths.losses, params.log_every, _start_wandb(config, params, out) if config.wandb else None)
+    deadline = t0 + 60 * config.max_minutes if config.max_minutes > 0 else math.inf
+    peek = np.asarray(data.val)[np.linspace(0, len(data.val) - 1, min(8, len(data.val))).astype(int)]
     bar = tqdm(total=params.steps, initial=trainer.step, disable=not config.progress, desc="fit", unit="step",
                dynamic_ncols=True)
     while trainer.step < params.steps:
         terms, p = trainer.train_step(data, params, device)
         bar.update(1)
-        row = log.add(trainer.step, terms, p, trainer.counts()["primitives"], trainer.step == params.steps)
+        out_of_time = time.time() > deadline and trainer.step < params.steps
+        last = trainer.step == params.steps or out_of_time
+        row = log.add(trainer.step, terms, p, trainer.counts()["primitives"], last)
         if row is not None:
             bar.set_postfix(loss=f"{row['total']:.4f}", psnr=f"{row['psnr_head']:.2f}", n=row["primitives"])
         if trainer.step % params.checkpoint_every == 0 and trainer.step < params.steps:
             trainer.checkpoint(paths)
+        if params.val_every and trainer.step % params.val_every == 0:
+            log.add_val(trainer.step, val_head_psnr(trainer.avatar, data, peek, device))
         if on_step is not None:
             on_step(trainer.step)
+        if out_of_time:
+            print(f"avatar3d fit: --max-minutes {config.max_minutes:g} reached at step {trainer.step}/{params.steps}")
+            break
     bar.close()
     fit_seconds = time.time() - t0
     if log.wandb is not None:
@@ -308,7 +352,7 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
     metrics["val_png_frames"] = write_val_png(paths.val_png, data, preds)
     counts = trainer.counts()
     metrics.update(
-        steps=params.steps, fit_seconds=round(fit_seconds, 1), eval_seconds=round(time.time() - t1, 1),
+        steps=params.steps, steps_done=trainer.step, fit_seconds=round(fit_seconds, 1), eval_seconds=round(time.time() - t1, 1),
         **{k: v for k, v in counts.items() if k != "primitives"}, device=str(device), prior=prior_info,
         frame_store=data.frames.form, frame_store_mb=round(data.frames.nbytes() / 2**20, 1),
     )

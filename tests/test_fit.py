@@ -384,3 +384,22 @@ def test_wandb_without_the_package_is_a_one_line_error_before_anything_is_writte
         run_fit(FitConfig(synthetic, tmp_path / "run", preset=_preset_file(tmp_path, tiny_fit_params()), device="cpu",
                           progress=False, wandb=True))
     assert not (tmp_path / "run").exists() and not (tmp_path / ".run.partial").exists()
+
+
+def test_a_wall_budget_finishes_the_run_early_and_val_psnr_is_logged(synthetic, tmp_path):
+    """--max-minutes stops the optimisation when the budget is spent and still writes a whole run;
+    val_every logs the val frames' head PSNR against the step and the wall time."""
+    params = tiny_fit_params(steps=200, val_every=2, prior_finetune_steps=0)
+    run = tmp_path / "run"
+    metrics = run_fit(FitConfig(synthetic, run, preset=_preset_file(tmp_path, params), device="cpu", progress=False,
+                                max_minutes=1e-6))
+    assert metrics["steps_done"] == 1 and metrics["steps"] == 200
+    assert (run / "avatar.pt").is_file() and (run / "metrics.json").is_file()
+    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 1 and "total" in rows[-1]  # the last step's terms are logged
+    full = run_fit(FitConfig(synthetic, tmp_path / "run2", preset=_preset_file(tmp_path, replace(params, steps=6)),
+                             device="cpu", progress=False))
+    val = [json.loads(line) for line in (tmp_path / "run2" / "losses.jsonl").read_text().splitlines()]
+    val = [r for r in val if "val_psnr_head" in r]
+    assert [r["step"] for r in val] == [2, 4, 6] and all(10 < r["val_psnr_head"] < 60 for r in val)
+    assert full["steps_done"] == 6

@@ -94,7 +94,10 @@ class FitParams:
     checkpoint_every: int = 1000
     """Steps between checkpoints."""
     log_every: int = 25
-    """Steps between progress-bar updates."""
+    """Steps between progress-bar updates and rows of RUN/losses.jsonl."""
+    val_every: int = 0
+    """Steps between measurements of the val frames' head PSNR during the fit (on up to 8 of
+    them, logged in RUN/losses.jsonl as val_psnr_head); 0 = only at the end."""
     prior_finetune_steps: int = 300
     """Steps fine-tuning the shipped audio-to-motion prior on this identity's train split
     (written to RUN/prior.pt, used by render/eval); 0 = keep the generic prior."""
