@@ -361,11 +361,15 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
     fsutil.commit_dir(work, out)
     print(
         f"avatar3d fit: {out}  val PSNR {metrics['psnr']:.2f} dB (head {metrics['psnr_head']:.2f}), "
-        f"SSIM {metrics['ssim']:.3f} (head {metrics['ssim_head']:.3f}), LMD {metrics.get('lmd_px', math.nan):.2f} px "
+        f"SSIM {metrics['ssim']:.3f} (head {metrics['ssim_head']:.3f}), LMD {_px(metrics.get('lmd_px'))} "
         f"at {metrics['resolution'][0]}x{metrics['resolution'][1]}, {counts['primitives']} {config.field} primitives, "
         f"fit {fit_seconds:.0f} s"
     )
     return metrics
+
+
+def _px(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.2f} px"
 
 
 def _config_json(config: FitConfig) -> dict:

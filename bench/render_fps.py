@@ -1,7 +1,10 @@
 """Benchmark: head render speed of a fitted avatar (deformation + rasterization, one frame at a time).
 
 Renders the val frames of the avatar's dataset with their tracked poses and blendshapes at the
-dataset's full frame size (or --size), after warm-up, and reports frames per second.
+dataset's full frame size (or --size), after warm-up, and reports frames per second. With
+``--composite`` it also times whole output frames as `avatar3d render` makes them: the head at the
+run's window, pasted over the frame's torso/background base into a uint8 frame on the CPU (the
+bases decoded beforehand; video encoding not included).
 
     python bench/render_fps.py RUN DATA                              # CUDA (gsplat) if available
     python bench/render_fps.py RUN DATA --device cpu --size 128 --out /tmp/fps.json
@@ -41,6 +44,8 @@ class BenchConfig:
     frames: int = 200
     """Frames to time (cycling through the val split)."""
     warmup: int = 10
+    composite: bool = False
+    """Also time whole composited output frames (see module docstring)."""
 
 
 def main(cfg: BenchConfig) -> dict:
@@ -74,7 +79,9 @@ def main(cfg: BenchConfig) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+    composite = composite_fps(avatar, cfg, device) if cfg.composite else {}
     result = {
+        **composite,
         "fps": cfg.frames / seconds,
         "ms_per_frame": 1000 * seconds / cfg.frames,
         "size": size,
@@ -88,6 +95,34 @@ def main(cfg: BenchConfig) -> dict:
     write_json(cfg.out, result)
     print(result)
     return result
+
+
+def composite_fps(avatar, cfg: BenchConfig, device: torch.device) -> dict:
+    """Frames per second of whole output frames (see module docstring)."""
+    from avatar3d.core.runs import open_run
+    from avatar3d.core.scene import load_run_scene, read_plate
+    from avatar3d.drive.render import FrameBases, paste
+
+    scene = load_run_scene(open_run(cfg.run), avatar.audio_features)
+    val = [int(i) for i in scene.val]
+    bases = FrameBases(scene.data_dir, np.array(val), read_plate(scene.data_dir, scene.frame_size))
+    images = {i: bases[i].image for i in val}  # decoded before timing
+
+    def frame(k: int) -> np.ndarray:
+        i = val[k % len(val)]
+        rgba = avatar.render(scene.conditioning(i, avatar.audio_window, device), scene.camera(i, device))
+        return paste(rgba, images[i], scene.window)
+
+    with torch.no_grad():
+        for k in range(cfg.warmup):
+            frame(k)
+        t0 = time.perf_counter()
+        for k in range(cfg.frames):
+            frame(k)
+        seconds = time.perf_counter() - t0
+    w = scene.window
+    return {"composite_fps": cfg.frames / seconds, "composite_ms_per_frame": 1000 * seconds / cfg.frames,
+            "composite_frame_size": scene.frame_size, "composite_head_window": [w.side, w.size]}
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def self_driven(
         frames.append(to_u8(composite(rgba, val_frames[int(i)].background.float() / 255).clamp(0, 1)))
     audio_driven = openings_of(frames, up)
 
-    out = {k: metrics[k] for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
+    out = {k: metrics.get(k) for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())

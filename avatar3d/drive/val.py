@@ -17,6 +17,21 @@ from avatar3d.core.vocab import MOUTH_LANDMARKS
 from avatar3d.drive.metrics import detect_landmarks, lmd, psnr, ssim, tracker_upscale
 
 
+def tracker_unavailable_reason() -> str | None:
+    """None when the face tracker (mediapipe and its model file) can run, else why not."""
+    from avatar3d.errors import UserError
+
+    try:
+        import mediapipe  # noqa: F401
+
+        from avatar3d.models import face_landmarker_path
+
+        face_landmarker_path()
+    except (ImportError, UserError) as exc:
+        return f"the face tracker is unavailable: {str(exc).splitlines()[0][:160]}"
+    return None
+
+
 def to_u8(image: torch.Tensor) -> np.ndarray:
     """[H, W, 3] float in [0, 1] -> uint8 array."""
     return (image * 255).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -56,6 +71,11 @@ def val_metrics(
         "ssim_head": float(r[:, 3].mean()),
     }
     if landmarks:
+        reason = tracker_unavailable_reason()
+        if reason is not None:  # e.g. a GPU box without mediapipe: the image metrics still stand
+            metrics["lmd_px"] = None
+            metrics["lmd_unavailable"] = reason
+            return metrics, preds
         up = tracker_upscale(w.size)
         mouth = list(MOUTH_LANDMARKS)
         lm_pred = detect_landmarks([to_u8(p) for p in preds], upscale=up)[:, mouth]
