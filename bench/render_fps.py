@@ -15,6 +15,7 @@ import dataclasses
 import platform
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,13 +47,15 @@ class BenchConfig:
     warmup: int = 10
     composite: bool = False
     """Also time whole composited output frames (see module docstring)."""
+    backend: Literal["auto", "dense", "gsplat"] = "auto"
+    """Rasterizer."""
 
 
 def main(cfg: BenchConfig) -> dict:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: pass --device cpu")
     device = torch.device(cfg.device)
-    avatar = load_avatar(cfg.run, device)
+    avatar = load_avatar(cfg.run, device, backend=cfg.backend)
     manifest = read_manifest(cfg.data)
     tracks = load_tracks(cfg.data)
     size = cfg.size or manifest.size
@@ -87,7 +90,7 @@ def main(cfg: BenchConfig) -> dict:
         "size": size,
         "frames": cfg.frames,
         "gaussians": sum(avatar.num_gaussians()),
-        "backend": resolve_backend("auto", device),
+        "backend": resolve_backend(cfg.backend, device),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "run": str(cfg.run),
