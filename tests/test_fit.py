@@ -170,10 +170,15 @@ def test_landmark_guidance_teaches_the_field_where_the_lips_go(synthetic):
     before = float(torch.stack([guidance(i).detach() for i in train]).mean())
     assert abs(moved_gap(wide) - moved_gap(shut)) < 0.5  # untrained field: no deformation yet
     opt = torch.optim.Adam(avatar.face_deform.parameters(), lr=1e-2)
+    # the learning rate decays to 0, so the field settles: at a constant 1e-2 the guidance swings
+    # between 0.24x and 0.60x of its start from one hundred steps to the next, and where step 300
+    # falls in that swing depends on the CPU's float kernels
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 300)
     for step in range(300):
         opt.zero_grad()
         guidance(train[step % len(train)]).backward()
         opt.step()
+        sched.step()
     after = float(torch.stack([guidance(i).detach() for i in train]).mean())
     assert after < 0.4 * before, (before, after)
     opened = moved_gap(wide) - moved_gap(shut)
