@@ -38,8 +38,9 @@ def _scene(n: int, seed: int, dtype=torch.float32):
 
 
 def _reference(means, quats, scales, opac, colors, K, viewmat, W, H):
-    """Straightforward per-pixel loop over depth-sorted Gaussians (the definition)."""
-    p = project(means, quats, scales, K, viewmat, W, H)
+    """Straightforward per-pixel loop over depth-sorted Gaussians (the definition: no bounding
+    boxes, every pixel against every Gaussian not culled)."""
+    p = project(means, quats, scales, K, viewmat, W, H, opacities=opac)
     order = torch.argsort(p.depths).tolist()
     rgb = np.zeros((H, W, 3))
     alpha = np.zeros((H, W, 1))
@@ -48,7 +49,7 @@ def _reference(means, quats, scales, opac, colors, K, viewmat, W, H):
         for x in range(W):
             T = 1.0
             for i in order:
-                if p.radii[i] <= 0:
+                if p.radii[i].min() <= 0:
                     continue
                 dx, dy = x + 0.5 - m[i, 0], y + 0.5 - m[i, 1]
                 sigma = 0.5 * (q[i, 0] * dx * dx + q[i, 2] * dy * dy) + q[i, 1] * dx * dy
@@ -87,7 +88,13 @@ def test_projection_of_a_sphere_matches_pinhole_geometry():
     # conic of the centre Gaussian: (1/var, 0, 1/var) up to the x/z, y/z terms of J (tiny here)
     torch.testing.assert_close(p.conics[0, [0, 2]], torch.full((2,), 1 / var), rtol=2e-3, atol=0)
     assert p.depths.item() == pytest.approx(50.0)
-    assert int(p.radii[0]) == math.ceil(3 * math.sqrt(var + 0.1))  # sqrt(0.01) floor in the eigenvalue
+    assert p.radii[0].tolist() == [math.ceil(3.33 * math.sqrt(var))] * 2  # no opacities: gsplat's 3.33 sigma
+    o = torch.tensor([0.9])  # the box of alpha >= 1/255: sqrt(2 log(255 o)) sigma
+    q = project(means, torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.5), K, viewmat, 80, 60, opacities=o)
+    assert q.radii[0].tolist() == [math.ceil(math.sqrt(2 * math.log(255 * 0.9)) * math.sqrt(var))] * 2
+    faint = project(means, torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.5), K, viewmat, 80, 60,
+                    opacities=torch.tensor([0.003]))
+    assert faint.radii[0].tolist() == [0, 0]  # below 1/255: culled, as gsplat does
 
 
 def test_dense_matches_per_pixel_reference():
@@ -228,3 +235,21 @@ def test_auto_with_a_gsplat_that_cannot_run_falls_back_to_dense(fresh_backend_ch
         assert [R.resolve_backend("auto", torch.device("cuda", 0)) for _ in range(2)] == ["dense", "dense"]
     warned = [r.getMessage() for r in caplog.records if "dense PyTorch rasterizer" in r.getMessage()]
     assert len(warned) == 1 and "could not rasterize" in warned[0]
+
+
+def test_a_bright_wide_gaussian_reaches_every_pixel_gsplat_draws():
+    """gsplat 1.5.3 bounds a Gaussian by the box where its alpha can reach 1/255
+    (sqrt(2 log(255 o)) sigma per axis, up to 3.33): a bright one is drawn beyond 3 sigma. The
+    dense path bins tiles by the same box, so it matches the unbounded per-pixel definition there
+    (a 3-sigma box left the ring between 31 and 34 px of this one blank)."""
+    W = H = 80
+    K = torch.tensor([[100.0, 0, 40.0], [0, 100.0, 40.0], [0, 0, 1]])
+    viewmat = torch.eye(4)
+    viewmat[2, 3] = 50.0
+    scene = (torch.zeros(1, 3), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 5.0), torch.tensor([0.99]),
+             torch.ones(1, 3), K, viewmat)  # std 10 px on the image
+    alpha = rasterize_dense(*scene, W, H, tile_size=4).alpha
+    _, ref_alpha = _reference(*scene, W, H)
+    ring = ref_alpha[40, 71:74, 0]  # 31-33 px right of the centre: alpha between 1/255 and 1/100
+    assert (ring > ALPHA_MIN).any() and (ring < 0.01).all()
+    np.testing.assert_allclose(alpha.numpy(), ref_alpha, atol=2e-5)

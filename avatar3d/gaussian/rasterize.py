@@ -75,7 +75,7 @@ class Projection:
     means2d: torch.Tensor  # [N, 2] pixels
     conics: torch.Tensor  # [N, 3] inverse 2D covariance (a, b, c): a dx^2 + 2 b dx dy + c dy^2
     depths: torch.Tensor  # [N] camera-space z
-    radii: torch.Tensor  # [N] int32 pixels, 0 = culled
+    radii: torch.Tensor  # [N, 2] int32 pixels, half-width and half-height of the bounding box; 0 = culled
 
 
 def project(
@@ -88,8 +88,12 @@ def project(
     height: int,
     eps2d: float = EPS2D,
     near_plane: float = NEAR_PLANE,
+    opacities: torch.Tensor | None = None,  # [N]
 ) -> Projection:
-    """EWA projection of 3D Gaussians (gsplat's pinhole model, in PyTorch)."""
+    """EWA projection of 3D Gaussians (gsplat 1.5.3's pinhole model, in PyTorch). Bounding boxes
+    as gsplat's: per axis ``ceil(extend * sqrt(cov2d_ii))`` pixels with ``extend = min(3.33,
+    sqrt(2 log(255 o)))`` (the box of the region where alpha can reach 1/255) when ``opacities``
+    are given, 3.33 otherwise; Gaussians with opacity below 1/255 are culled."""
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     means_c = means @ R.T + t  # [N, 3]
     M = quat_to_rotmat(quats) * scales[:, None, :]  # [N, 3, 3]
@@ -118,17 +122,20 @@ def project(
     means2d = torch.stack([fx * tx / z + cx, fy * ty / z + cy], dim=-1)  # [N, 2]
 
     with torch.no_grad():
-        half = 0.5 * (a + c)
-        v1 = half + torch.sqrt((half * half - det).clamp(min=0.01))
-        radius = torch.ceil(3.0 * torch.sqrt(v1))
+        extend = torch.full_like(a, 3.33)
         valid = (a * c - b * b > 0) & (tz > near_plane)
+        if opacities is not None:
+            o = opacities.detach().to(a.dtype)
+            valid &= o >= ALPHA_MIN
+            extend = torch.sqrt(2.0 * torch.log((o / ALPHA_MIN).clamp(min=1.0))).clamp(max=3.33)
+        r = torch.stack([torch.ceil(extend * torch.sqrt(a)), torch.ceil(extend * torch.sqrt(c))], -1)  # [N, 2]
         inside = (
-            (means2d[:, 0] + radius > 0)
-            & (means2d[:, 0] - radius < width)
-            & (means2d[:, 1] + radius > 0)
-            & (means2d[:, 1] - radius < height)
+            (means2d[:, 0] + r[:, 0] > 0)
+            & (means2d[:, 0] - r[:, 0] < width)
+            & (means2d[:, 1] + r[:, 1] > 0)
+            & (means2d[:, 1] - r[:, 1] < height)
         )
-        radii = torch.where(valid & inside, radius, torch.zeros_like(radius)).to(torch.int32)
+        radii = torch.where((valid & inside)[:, None], r, torch.zeros_like(r)).to(torch.int32)
     return Projection(means2d, conics, tz, radii)
 
 
@@ -136,18 +143,19 @@ def project(
 def _bin_tiles(
     means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, tile: int, tiles_x: int, tiles_y: int
 ) -> torch.Tensor:
-    """Per tile, the indices of the Gaussians touching it, front to back, padded with N. [T, Kmax]"""
+    """Per tile, the indices of the Gaussians whose box (``radii`` [N, 2]) touches it, front to
+    back, padded with N. [T, Kmax]"""
     N = means2d.shape[0]
     device = means2d.device
     r = radii.to(means2d.dtype)
-    tmin = torch.floor((means2d - r[:, None]) / tile).long()
-    tmax = torch.ceil((means2d + r[:, None]) / tile).long()
+    tmin = torch.floor((means2d - r) / tile).long()
+    tmax = torch.ceil((means2d + r) / tile).long()
     tmin[:, 0].clamp_(0, tiles_x)
     tmax[:, 0].clamp_(0, tiles_x)
     tmin[:, 1].clamp_(0, tiles_y)
     tmax[:, 1].clamp_(0, tiles_y)
     span = tmax - tmin  # [N, 2]
-    counts = span.prod(-1) * (radii > 0)
+    counts = span.prod(-1) * (radii > 0).all(-1)
     total = int(counts.sum())
     num_tiles = tiles_x * tiles_y
     if total == 0:
@@ -207,7 +215,7 @@ def rasterize_dense(
     max_chunk_elements: int = 1 << 22,
 ) -> RasterResult:
     """The PyTorch rasterizer (see module docstring). ``tile_size=0`` uses one tile for the image."""
-    proj = project(means, quats, scales, K, viewmat, width, height)
+    proj = project(means, quats, scales, K, viewmat, width, height, opacities=opacities)
     tile = tile_size if tile_size > 0 else max(width, height)
     tiles_x, tiles_y = math.ceil(width / tile), math.ceil(height / tile)
     table = _bin_tiles(proj.means2d, proj.radii, proj.depths, tile, tiles_x, tiles_y)  # [T, Kmax]
@@ -249,7 +257,7 @@ def rasterize_dense(
         x = x.reshape(tiles_y, tiles_x, tile, tile, D).permute(0, 2, 1, 3, 4)
         return x.reshape(tiles_y * tile, tiles_x * tile, D)[:height, :width]
 
-    return RasterResult(untile(rgb_tiles), untile(alpha_tiles[..., None]), proj.means2d, proj.radii)
+    return RasterResult(untile(rgb_tiles), untile(alpha_tiles[..., None]), proj.means2d, proj.radii.max(-1).values)
 
 
 def rasterize_gsplat(
