@@ -11,7 +11,8 @@ skipped, and its failure is recorded and printed without stopping the others:
 2. ``build_cuda_ext``: the hash-grid extension JIT-built for this GPU's architecture (timed);
 3. ``build_gsplat``: gsplat's kernels built on their first call, limited to the same arch (timed);
 4. ``gpu_tests``: the CUDA tests (hash grid against its twin, gsplat against the dense
-   rasterizer, split on CUDA), with pytest's report;
+   rasterizer, split on CUDA, a short CUDA fit with densification killed and resumed), with
+   pytest's report;
 5. ``hashgrid_bench``: bench/hashgrid.py (2^20 points, tri-plane L=16 F=2 T=19, CUDA vs twin,
    the bandwidth floor);
 6. ``fit``: ``avatar3d fit DATASET --preset default`` for ``--fit-minutes`` of wall time, logging
@@ -43,6 +44,8 @@ GPU_TESTS = (
     "tests/test_hashgrid_cuda.py",
     "tests/test_rasterize.py::test_gsplat_matches_dense_on_cuda",
     "tests/test_gaussians.py::test_split_on_cuda_with_the_fits_cpu_generator_matches_the_cpu_split",
+    "tests/test_fit.py::test_resume_after_a_kill_continues_from_the_checkpoint",  # a short CUDA fit:
+    # densification (split with the fit's CPU generator), a kill, a resume, the same weights
 )
 
 

@@ -196,18 +196,20 @@ def test_fit_with_audio_features_learns(synthetic, tmp_path):
         avatar.render(Conditioning(torch.zeros(1, 52)), Camera(torch.eye(3), torch.eye(4), 8, 8))
 
 
-def test_resume_after_a_kill_continues_from_the_checkpoint(synthetic, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: densify and resume with the fit's CPU generator on a GPU"))])
+def test_resume_after_a_kill_continues_from_the_checkpoint(synthetic, tmp_path, device):
     params = tiny_fit_params(steps=12, checkpoint_every=5,
                      strategy=StrategyConfig(refine_start=4, refine_every=4, reset_every=0, grad_threshold=1e-4,
                                              split_scale=0.02, max_gaussians=1500))
     preset = _preset_file(tmp_path, params)
-    full = run_fit(FitConfig(synthetic, tmp_path / "a", preset=preset, device="cpu", progress=False, threads=1))
+    full = run_fit(FitConfig(synthetic, tmp_path / "a", preset=preset, device=device, progress=False, threads=1))
 
     def kill_at_7(step: int) -> None:
         if step == 7:
             raise KeyboardInterrupt
 
-    cfg = FitConfig(synthetic, tmp_path / "b", preset=preset, device="cpu", progress=False, threads=1)
+    cfg = FitConfig(synthetic, tmp_path / "b", preset=preset, device=device, progress=False, threads=1)
     with pytest.raises(KeyboardInterrupt):
         run_fit(cfg, on_step=kill_at_7)
     assert (tmp_path / ".b.partial" / "checkpoint.pt").is_file() and not (tmp_path / "b").exists()
@@ -219,9 +221,13 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(synthetic, tmp_path):
     a = torch.load(tmp_path / "a" / "avatar.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "avatar.pt", weights_only=True)
     assert a.keys() == b.keys()
-    for k in a:  # the same trajectory as the uninterrupted fit (densification included)
-        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
-    assert resumed["psnr_head"] == pytest.approx(full["psnr_head"], abs=1e-3)
+    if device == "cpu":
+        for k in a:  # the same trajectory as the uninterrupted fit (densification included)
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
+        assert resumed["psnr_head"] == pytest.approx(full["psnr_head"], abs=1e-3)
+    else:  # CUDA's atomics reorder sums: the same fit up to that, densification included
+        assert resumed["num_face"] == pytest.approx(full["num_face"], rel=0.02)
+        assert resumed["psnr_head"] == pytest.approx(full["psnr_head"], abs=0.5)
     with pytest.raises(UserError, match="nothing to resume"):
         run_fit(replace(cfg, resume=True))
 
