@@ -44,7 +44,7 @@ GPU_TESTS = (
     "tests/test_hashgrid_cuda.py",
     "tests/test_rasterize.py::test_gsplat_matches_dense_on_cuda",
     "tests/test_gaussians.py::test_split_on_cuda_with_the_fits_cpu_generator_matches_the_cpu_split",
-    "tests/test_fit.py::test_resume_after_a_kill_continues_from_the_checkpoint",  # a short CUDA fit:
+    "tests/test_fit.py::test_resume_after_a_kill_continues_from_the_checkpoint[cuda]",  # a short CUDA fit:
     # densification (split with the fit's CPU generator), a kill, a resume, the same weights
 )
 
