@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    import avatar3d.gaussian.data as fit_data
+    import avatar3d.gaussian.trainer as fit_data  # the module the fit command loads its data through
     from avatar3d.fit import FitConfig, run_fit
 
     loaded = []
