@@ -250,22 +250,6 @@ def _start_wandb(config: FitConfig, params: FitParams, out: Path):
                       config={"fit": _config_json(config), "params": params.to_json()})
 
 
-def val_head_psnr(avatar, data, frames: np.ndarray, device) -> float:
-    """Mean head-region PSNR of some val ``frames`` drawn with their tracked motion (dB)."""
-    from avatar3d.drive.metrics import psnr
-    from avatar3d.drive.val import render_window_frame
-
-    was_training = avatar.training
-    avatar.eval()
-    values = []
-    for i in frames:
-        f = data.frame(int(i))
-        pred = render_window_frame(avatar, data, int(i), f.background, device).cpu()
-        values.append(float(psnr(pred, f.image.float() / 255, f.head.float() / 255)))
-    avatar.train(was_training)
-    return float(np.mean(values))
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
 
@@ -333,7 +317,7 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
         if trainer.step % params.checkpoint_every == 0 and trainer.step < params.steps:
             trainer.checkpoint(paths)
         if params.val_every and trainer.step % params.val_every == 0:
-            log.add_val(trainer.step, val_head_psnr(trainer.avatar, data, peek, device))
+            log.add_val(trainer.step, val_metrics(trainer.avatar, data, data.frame, device, False, peek)[0]["psnr_head"])
         if on_step is not None:
             on_step(trainer.step)
         if out_of_time:

@@ -137,12 +137,13 @@ class Scene:
         return frame_conditioning(self.motion, self.audio, i, audio_window, device)
 
 
-def load_scene(data_dir: Path, window: Window, audio_features: str = "") -> Scene:
-    """Read a dataset's tracks, manifest and (when named) audio features for a window. UserError
-    (one line) when the dataset is missing, stale or lacks what is needed."""
+def load_scene(data_dir: Path, window: Window, audio_features: str = "", tracks: dict | None = None) -> Scene:
+    """Read a dataset's tracks (unless the caller read them: ``tracks``), manifest and (when named)
+    audio features for a window. UserError (one line) when the dataset is missing, stale or lacks
+    what is needed."""
     paths = DatasetPaths(Path(data_dir))
     manifest = read_manifest(paths.root)
-    tracks = load_tracks(paths.root)
+    tracks = load_tracks(paths.root) if tracks is None else tracks
     missing = [k for k in ("landmarks", "blendshapes", "valid", "K", "R", "t", "canonical") if k not in tracks]
     if missing:
         raise UserError(f"dataset {paths.root} lacks tracks {missing}: rerun `avatar3d preprocess`")

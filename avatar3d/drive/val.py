@@ -6,7 +6,7 @@ tracked head pose and motion code and composited over the frame's own background
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,12 +47,15 @@ def render_window_frame(avatar: Avatar, scene: Scene, i: int, background: torch.
 
 
 def val_metrics(
-    avatar: Avatar, scene: Scene, frame: Callable[[int], WindowFrame], device, landmarks: bool = True
+    avatar: Avatar, scene: Scene, frame: Callable[[int], WindowFrame], device, landmarks: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> tuple[dict, list[torch.Tensor]]:
     """The val split's metrics (see module docstring) and the predictions ([S, S, 3] on the CPU,
-    in ``scene.val`` order). ``frame(i)`` gives frame i in the window."""
+    in ``scene.val`` order). ``frame(i)`` gives frame i in the window; ``indices``, some of the
+    val frames instead of all."""
+    val = np.asarray(scene.val if indices is None else indices)
     preds, rows = [], []
-    for i in scene.val:
+    for i in val:
         f = frame(int(i))
         pred = render_window_frame(avatar, scene, int(i), f.background, device).cpu()
         image, head = f.image.float() / 255, f.head.float() / 255
@@ -62,7 +65,7 @@ def val_metrics(
     r = np.array(rows)
     w = scene.window
     metrics = {
-        "frames": len(scene.val),
+        "frames": len(val),
         "resolution": [w.size, w.size],
         "window": {"x0": w.x0, "y0": w.y0, "side": w.side, "frame_size": scene.frame_size},
         "psnr": float(r[:, 0].mean()),
@@ -79,8 +82,8 @@ def val_metrics(
         up = tracker_upscale(w.size)
         mouth = list(MOUTH_LANDMARKS)
         lm_pred = detect_landmarks([to_u8(p) for p in preds], upscale=up)[:, mouth]
-        lm_true = detect_landmarks([frame(int(i)).image.numpy() for i in scene.val], upscale=up)[:, mouth]
-        lm_track = scene.landmarks[scene.val][:, mouth]
+        lm_true = detect_landmarks([frame(int(i)).image.numpy() for i in val], upscale=up)[:, mouth]
+        lm_track = scene.landmarks[val][:, mouth]
         s = w.scale  # window px per dataset px
         metrics["lmd_px"] = lmd(lm_pred, lm_track) / s
         metrics["lmd_truth_px"] = lmd(lm_true, lm_track) / s

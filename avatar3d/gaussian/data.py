@@ -152,24 +152,23 @@ def load_fit_data(data_dir: Path, params: FitParams) -> FitData:
     (eagerly in raw form, or streamed in JPEG form when the raw frames would not fit
     ``params.raw_frames_max_gb``; see module docstring)."""
     window = head_window(data_dir, params.window, params.head_margin, params.image_size)
-    scene = load_scene(data_dir, window, params.audio_features)
+    tracks = load_tracks(Path(data_dir))
+    scene = load_scene(data_dir, window, params.audio_features, tracks)
     plate = read_plate(scene.data_dir, scene.frame_size)
     n, S = scene.num_frames, window.size
     form = params.frame_store
     if form == "auto":
         form = "raw" if FrameStore.raw_bytes(n, S) <= params.raw_frames_max_gb * 1024**3 else "jpeg"
     store = FrameStore(n, S, form)
-    loader = threading.Thread(target=_fill, args=(store, scene, window, plate), name="fit-frames", daemon=True)
-    loader.start()
-    if form == "raw":
+    if form == "raw":  # every frame before the first step
         first, per_step = len(scene.train), 0.0
-        store.wait(n)
-        loader.join()
-    else:
+        _fill(store, scene, window, plate)
+        store.wait(n)  # re-raises what stopped the fill
+    else:  # the rest arrive while training runs
         first = min(len(scene.train), params.stream_first_frames)
         per_step = (len(scene.train) - first) / max(1.0, params.stream_all_by * params.steps)
+        threading.Thread(target=_fill, args=(store, scene, window, plate), name="fit-frames", daemon=True).start()
         store.wait(int(scene.train[first - 1]) + 1)
-    tracks = load_tracks(scene.data_dir)
     fields = {f: getattr(scene, f) for f in Scene.__dataclass_fields__}
     return FitData(**fields, frames=store, canonical=torch.from_numpy(closed_mouth_canonical(tracks, scene.train)),
                    first_frames=first, frames_per_step=per_step)

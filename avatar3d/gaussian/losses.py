@@ -35,6 +35,7 @@ class Target:
     head: torch.Tensor  # [S, S] soft head mask
     mouth: torch.Tensor  # [S, S] soft mouth mask
     region: torch.Tensor  # [S, S] dilated head region (loss support)
+    mouth_empty: bool = False  # no pixel of the mouth mask reaches 0.5: a shut mouth (read on the CPU)
 
 
 def make_target(data: FitData, i: int, dilate_px: int, device) -> Target:
@@ -49,6 +50,7 @@ def make_target(data: FitData, i: int, dilate_px: int, device) -> Target:
         head=head,
         mouth=frame.mouth.to(device).float() / 255,
         region=(region > 0.01).float(),
+        mouth_empty=int(frame.mouth.max()) < 128,
     )
 
 

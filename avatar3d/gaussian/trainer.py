@@ -173,7 +173,7 @@ class Trainer:
             terms["deform"] = params.w_deform * (d.d_means**2).sum(-1).mean()
         if params.w_landmarks:
             terms["landmarks"] = params.w_landmarks * landmark_guidance(self.avatar, data, i, cond, device)
-        if params.w_shut_cover and int(data.frame(i).mouth.max()) < 128:  # the mouth mask is empty: shut
+        if params.w_shut_cover and target.mouth_empty:
             terms["shut_cover"] = params.w_shut_cover * shut_cover_loss(
                 self.avatar, data, i, cond, g, params, self.generator, device
             )
