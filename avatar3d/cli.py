@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("avatar3d.demo", "DemoConfig", "run_demo"),
     "render": ("avatar3d.drive.render", "RenderConfig", "run_render"),
     "eval": ("avatar3d.drive.evaluate", "EvalConfig", "run_eval"),
+    "view": ("avatar3d.viewer.server", "ViewConfig", "run_view"),
 }
 
 

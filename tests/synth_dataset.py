@@ -255,3 +255,31 @@ def tiny_fit_params(**kw) -> FitParams:
         checkpoint_every=50, log_every=10,
     )
     return replace(base, **kw)
+
+
+def speechy_audio(seconds: float, rate: int = 16_000, seed: int = 0) -> np.ndarray:
+    """Noise bursts at syllable rate (speech-band energy that comes and goes). [S] float32"""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * rate))) / rate
+    env = np.clip(np.sin(2 * np.pi * 3.0 * t), 0, None) ** 2
+    return (0.3 * env * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def make_tiny_run(root: Path, frames: int = 16) -> Path:
+    """A RUN (root/run) from a very short fit (20 steps, 48 px window, 10 prior fine-tuning steps)
+    on the fit dataset of ``frames`` frames (80 % train) whose audio is :func:`speechy_audio`."""
+    import json
+
+    import soundfile as sf
+
+    from avatar3d.fit import FitConfig, run_fit
+
+    data = make_fit_dataset(root / "data", frames=frames)
+    paths = DatasetPaths(data)
+    n = json.loads(paths.manifest.read_text())["num_frames"]
+    sf.write(str(paths.audio), speechy_audio(n / 25)[: n * 640], 16_000, subtype="PCM_16")
+    params = tiny_fit_params(steps=20, checkpoint_every=1000, prior_finetune_steps=10)
+    preset = root / "preset.json"
+    preset.write_text(json.dumps(params.to_json()))
+    run_fit(FitConfig(data, root / "run", preset=str(preset), device="cpu", progress=False, threads=1))
+    return root / "run"

@@ -11,46 +11,22 @@ import pytest
 
 from avatar3d.cli import main
 from avatar3d.drive.render import ping_pong, trajectory
+from synth_dataset import make_tiny_run, speechy_audio
 
 RATE = 22_050  # not 16 kHz: the render resamples for the prior and muxes at 48 kHz
-
-
-def _speechy(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
-    """Noise bursts at syllable rate (speech-band energy that comes and goes). [S] float32"""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * rate))) / rate
-    env = np.clip(np.sin(2 * np.pi * 3.0 * t), 0, None) ** 2
-    return (0.3 * env * rng.standard_normal(len(t))).astype(np.float32)
 
 
 def _wav(path: Path, seconds: float, rate: int = RATE) -> Path:
     import soundfile as sf
 
-    sf.write(str(path), _speechy(seconds, rate), rate)
+    sf.write(str(path), speechy_audio(seconds, rate), rate)
     return path
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A RUN from a very short fit (20 steps, 48 px window, 10 prior fine-tuning steps) on
-    test_fit's synthetic dataset."""
-    from synth_dataset import make_fit_dataset, tiny_fit_params
-
-    from avatar3d.fit import FitConfig, run_fit
-
-    root = tmp_path_factory.mktemp("render")
-    data = make_fit_dataset(root / "data", frames=16)  # 12 train + 4 val frames
-    import soundfile as sf
-
-    from avatar3d.core.dataset import DatasetPaths
-
-    n = json.loads(DatasetPaths(data).manifest.read_text())["num_frames"]
-    sf.write(str(DatasetPaths(data).audio), _speechy(n / 25, 16_000)[: n * 640], 16_000, subtype="PCM_16")
-    params = tiny_fit_params(steps=20, checkpoint_every=1000, prior_finetune_steps=10)
-    preset = root / "preset.json"
-    preset.write_text(json.dumps(params.to_json()))
-    run_fit(FitConfig(data, root / "run", preset=str(preset), device="cpu", progress=False, threads=1))
-    return root / "run"
+    """A RUN from a very short fit on test_fit's synthetic dataset (12 train + 4 val frames)."""
+    return make_tiny_run(tmp_path_factory.mktemp("render"))
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:

@@ -10,6 +10,8 @@ One place for each name, one meaning per name.
 """
 from __future__ import annotations
 
+import numpy as np
+
 NUM_LANDMARKS = 478
 
 # -- landmark index sets -------------------------------------------------------------------------
@@ -108,3 +110,25 @@ SPEECH_INDEX: tuple[int, ...] = tuple(BLENDSHAPE_NAMES.index(n) for n in SPEECH_
 MOUTH_INTERIOR_CHANNELS: tuple[str, ...] = (
     "jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLowerDownLeft", "mouthLowerDownRight",
 )
+
+# Expression sliders (the viewer's): name -> (channels a positive value raises, channels a negative
+# value raises). A slider value in [-1, 1] is added to those blendshapes of the motion code.
+EXPRESSION_SLIDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "blink": (("eyeBlinkLeft", "eyeBlinkRight"), ("eyeWideLeft", "eyeWideRight")),
+    "brows": (("browInnerUp", "browOuterUpLeft", "browOuterUpRight"), ("browDownLeft", "browDownRight")),
+    "smile": (("mouthSmileLeft", "mouthSmileRight"), ("mouthFrownLeft", "mouthFrownRight")),
+    "jaw": (("jawOpen",), ("mouthClose",)),
+    "pucker": (("mouthPucker", "mouthFunnel"), ("mouthStretchLeft", "mouthStretchRight")),
+    "squint": (("eyeSquintLeft", "eyeSquintRight", "cheekSquintLeft", "cheekSquintRight"), ()),
+    "sneer": (("noseSneerLeft", "noseSneerRight"), ()),
+}
+
+
+def expression_offsets(values: dict[str, float]) -> np.ndarray:
+    """Slider values {name: [-1, 1]} -> the offsets they add to the motion code. [52] float32"""
+    out = np.zeros(MOTION_DIM, np.float32)
+    for name, v in values.items():
+        up, down = EXPRESSION_SLIDERS[name]
+        for ch in up if v >= 0 else down:
+            out[blendshape_index(ch)] += abs(v)
+    return out

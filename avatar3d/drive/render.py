@@ -122,10 +122,16 @@ def num_output_frames(num_samples: int, rate: int = AUDIO_RATE) -> int:
 
 def ping_pong(num: int, length: int) -> np.ndarray:
     """Indices 0, 1, .., length-1, length-2, .., 1, 0, 1, ... of ``num`` steps. [num] int"""
+    return ping_pong_at(np.arange(num), length)
+
+
+def ping_pong_at(steps: np.ndarray, length: int) -> np.ndarray:
+    """The ping-pong index (see :func:`ping_pong`) at each of ``steps`` [N] int. [N] int"""
+    steps = np.asarray(steps, np.int64)
     if length <= 1:
-        return np.zeros(num, np.int64)
+        return np.zeros(len(steps), np.int64)
     period = 2 * (length - 1)
-    p = np.arange(num) % period
+    p = steps % period
     return np.where(p < length, p, period - p).astype(np.int64)
 
 

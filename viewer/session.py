@@ -1,0 +1,301 @@
+"""What the viewer computes, without the network: a run opened for viewing and one live stream.
+
+::
+
+    model = ViewerModel.open(run, device)          # shared by every session of a server
+    session = ViewerSession(model)                 # one per browser tab
+    session.start("mic")
+    frames = session.push(pcm16k)                  # [S] float32 -> finished Frames (motion + picture)
+    frames += session.end()                        # the last look-ahead frames
+
+Motion: the run's prior (RUN/prior.pt, else the shipped one) through :class:`PriorStream`, the
+offline prior's weights and 80 ms look-ahead computed incrementally, so a stream's motion codes
+equal :func:`avatar3d.audio.prior.predict_motion` on the same audio (``tests/test_viewer.py``).
+
+Picture: frame ``k`` is drawn exactly as ``avatar3d render`` draws its frame ``k``: the avatar
+(any field, :func:`load_avatar`) at the fit window's resolution with the pose, eyes and brows of a
+training frame (``--pose clip``'s back-and-forth walk over the first ``idle_frames`` training
+frames; with idle motion off, the first one held), pasted over that frame's torso and background
+(:class:`FrameBases`). The view adds what a viewer needs: expression sliders added to the motion
+code, a head turned by yaw/pitch within the range seen in training, a zoom that crops around the
+head, and an output resolution. At the dataset's own size, zoom 1, no turn and no sliders, a frame
+is the offline render's frame of the same motion code, pixel for pixel.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatar3d.core.dataset import FPS
+from avatar3d.core.scene import Window
+from avatar3d.core.vocab import EXPRESSION_SLIDERS, SPEECH_CHANNELS, expression_offsets
+from avatar3d.errors import UserError
+
+RESOLUTIONS = (128, 256, 512, 1024)  # offered output sizes (plus the dataset's own), capped by it x 2
+MIN_TURN_DEG, MAX_TURN_DEG = 10.0, 30.0
+JAW = SPEECH_CHANNELS.index("jawOpen")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One output frame of a stream."""
+
+    k: int  # frame index since the stream's start (audio [640 k, 640 (k + 1)) samples)
+    motion: np.ndarray  # [28] the prior's speech channels (SPEECH_CHANNELS order)
+    jpeg: bytes = b""  # the picture, or b"" when not drawn
+    width: int = 0
+    height: int = 0
+    render_ms: float = 0.0
+
+    @property
+    def t(self) -> float:
+        """Audio time of the frame's start, seconds."""
+        return self.k / FPS
+
+    def header(self, dropped: int = 0) -> dict:
+        """The frame's JSON header on the wire (viewer/PROTOCOL.md)."""
+        return {
+            "k": self.k, "t": round(self.t, 6), "motion": [round(float(v), 5) for v in self.motion],
+            "jaw": round(float(self.motion[JAW]), 5), "render_ms": round(self.render_ms, 2),
+            "width": self.width, "height": self.height, "dropped": dropped,
+        }
+
+
+@dataclass
+class View:
+    """How a session looks at the avatar (what ``control`` messages change)."""
+
+    resolution: int
+    expression: dict[str, float] = field(default_factory=dict)
+    yaw: float = 0.0  # degrees, clamped to the model's limit
+    pitch: float = 0.0
+    zoom: float = 1.0
+    idle_motion: bool = True
+    paused: bool = False
+
+
+def turn_limits(R: np.ndarray) -> tuple[float, float]:
+    """How far (degrees) the head may be turned in yaw and pitch: the spread of the training
+    poses ``R`` [T, 3, 3] around their mean rotation, clamped to [10, 30] degrees."""
+    from scipy.spatial.transform import Rotation
+
+    rots = Rotation.from_matrix(R)
+    rel = (rots.mean().inv() * rots).as_rotvec(degrees=True)  # [T, 3]: x = pitch, y = yaw
+    spread = np.abs(rel).max(0) if len(rel) else np.zeros(3)
+    clamp = lambda v: float(np.clip(v, MIN_TURN_DEG, MAX_TURN_DEG))  # noqa: E731
+    return clamp(spread[1]), clamp(spread[0])
+
+
+def turned(R: torch.Tensor, yaw: float, pitch: float) -> torch.Tensor:
+    """Head rotation ``R`` [3, 3] with the head turned by yaw (about its vertical axis) and pitch."""
+    from scipy.spatial.transform import Rotation
+
+    if yaw == 0 and pitch == 0:
+        return R
+    turn = Rotation.from_rotvec(np.radians([pitch, yaw, 0.0])).as_matrix().astype(np.float32)
+    return R @ torch.from_numpy(turn)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things land in an output frame: the crop of the dataset frame it shows and the
+    head window inside it (output pixels). Pure geometry, see :meth:`ViewerModel.layout`."""
+
+    crop: tuple[int, int, int]  # x0, y0, side in dataset pixels
+    head: Window  # the head's square in output pixels, drawn at head.size
+    resolution: int
+
+
+class ViewerModel:
+    """A run opened for viewing: avatar, scene, prior and composite bases, shared by sessions."""
+
+    def __init__(self, run: Path, device: torch.device, idle_frames: int = 250, jpeg_quality: int = 85):
+        from avatar3d.audio.prior import PriorStream
+        from avatar3d.core.avatar import load_avatar
+        from avatar3d.core.runs import open_run
+        from avatar3d.core.scene import load_run_scene, read_plate
+        from avatar3d.drive.render import FrameBases, load_run_prior
+
+        if idle_frames < 1:
+            raise UserError(f"--idle-frames must be >= 1, got {idle_frames}")
+        info = open_run(run)
+        self.run, self.field, self.device = info.run, info.field, torch.device(device)
+        self.avatar = load_avatar(info.run, self.device)
+        if self.avatar.audio_features:
+            raise UserError(
+                f"run {info.run} listens to audio features {self.avatar.audio_features!r} besides the motion "
+                "code; the viewer drives motion-only avatars (fit without --params.audio-features)"
+            )
+        self.scene = load_run_scene(info, "")
+        self.prior, self.prior_path = load_run_prior(info.run, "cpu")
+        PriorStream(self.prior)  # UserError now, not per session, when its encoder cannot stream
+        self.loop = self.scene.train[:idle_frames]  # [L] dataset frames the idle motion walks
+        size = self.scene.frame_size
+        self.bases = FrameBases(self.scene.data_dir, self.loop, read_plate(self.scene.data_dir, size))
+        self.yaw_limit, self.pitch_limit = turn_limits(self.scene.R[self.loop].numpy())
+        w = self.scene.window
+        self.zoom_limit = float(max(1.0, min(4.0, size / w.side)))
+        self.resolutions = tuple(sorted({r for r in RESOLUTIONS if r <= 2 * size} | {size}))
+        self.jpeg_quality = int(jpeg_quality)
+        self.expressions = tuple(EXPRESSION_SLIDERS)
+
+    # -- pure parts ------------------------------------------------------------------------
+
+    def trajectory_frame(self, k: int, idle_motion: bool) -> int:
+        """The dataset frame giving output frame ``k`` its pose and torso."""
+        from avatar3d.drive.render import ping_pong_at
+
+        if not idle_motion:
+            return int(self.loop[0])
+        return int(self.loop[ping_pong_at(np.array([k]), len(self.loop))[0]])
+
+    def layout(self, view: View) -> Layout:
+        """The crop (zoomed around the head window) and the head's square in output pixels. The
+        head is drawn at the fit's resolution, or at its output size when that is smaller."""
+        size, w, res = self.scene.frame_size, self.scene.window, view.resolution
+        zoom = min(max(view.zoom, 1.0), self.zoom_limit)
+        side = int(round(size / zoom))
+        cx, cy = w.x0 + w.side / 2, w.y0 + w.side / 2
+        x0 = int(round(min(max(cx - side / 2, 0), size - side)))
+        y0 = int(round(min(max(cy - side / 2, 0), size - side)))
+        s = res / side
+        head_side = min(res, int(round(w.side * s)))
+        hx = min(max(int(round((w.x0 - x0) * s)), 0), res - head_side)
+        hy = min(max(int(round((w.y0 - y0) * s)), 0), res - head_side)
+        return Layout((x0, y0, side), Window(hx, hy, head_side, max(8, min(w.size, head_side))), res)
+
+    def blendshapes(self, motion: np.ndarray, frame: int, expression: dict[str, float]) -> torch.Tensor:
+        """The full motion code of one output frame: the prior's speech channels ``motion`` [28]
+        over the trajectory frame's tracked code, plus the expression sliders. [1, 52]"""
+        from avatar3d.audio.prior import blendshapes_from_motion
+
+        bs = blendshapes_from_motion(motion[None], base=self.scene.motion[frame].numpy())[0]
+        if expression:
+            bs = np.clip(bs + expression_offsets(expression), 0.0, 1.0)
+        return torch.from_numpy(bs[None].astype(np.float32))
+
+    # -- drawing ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def draw(self, k: int, motion: np.ndarray, view: View) -> np.ndarray:
+        """Output frame ``k`` of motion ``motion`` [28] as ``view`` shows it: [R, R, 3] uint8 RGB."""
+        import cv2
+
+        from avatar3d.core.avatar import Conditioning
+        from avatar3d.core.camera import Camera
+        from avatar3d.drive.render import paste
+
+        i = self.trajectory_frame(k, view.idle_motion)
+        lay = self.layout(view)
+        R = turned(self.scene.R[i], max(-self.yaw_limit, min(self.yaw_limit, view.yaw)),
+                   max(-self.pitch_limit, min(self.pitch_limit, view.pitch)))
+        w = self.scene.window
+        camera = Camera.from_pose(self.scene.K, R, self.scene.t[i], w.size, w.size, self.device)
+        if lay.head.size != w.size:
+            camera = camera.crop_resize(0, 0, w.size, lay.head.size)
+        cond = Conditioning(self.blendshapes(motion, i, view.expression)).to(self.device)
+        rgba = self.avatar.render(cond, camera).cpu()
+        base = self.bases[i].image
+        x0, y0, side = lay.crop
+        if (x0, y0, side) != (0, 0, self.scene.frame_size) or lay.resolution != side:
+            base = base[y0 : y0 + side, x0 : x0 + side]
+            interp = cv2.INTER_AREA if lay.resolution < side else cv2.INTER_LINEAR
+            base = cv2.resize(base, (lay.resolution, lay.resolution), interpolation=interp)
+        return paste(rgba, base, lay.head)
+
+    def encode(self, image: np.ndarray) -> bytes:
+        """RGB uint8 -> JPEG bytes at the server's quality."""
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]),
+                               [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return buf.tobytes()
+
+    def ready(self) -> dict:
+        """What the ``ready`` message tells a client about this model (viewer/PROTOCOL.md)."""
+        from avatar3d.viewer import protocol as P
+
+        return {
+            "protocol": P.PROTOCOL_VERSION, "sample_rate": P.SAMPLE_RATE, "chunk_samples": P.CHUNK_SAMPLES,
+            "fps": FPS, "lookahead_frames": self.prior.lookahead, "frame_size": self.scene.frame_size,
+            "resolutions": list(self.resolutions), "expressions": list(self.expressions),
+            "yaw_limit": round(self.yaw_limit, 2), "pitch_limit": round(self.pitch_limit, 2),
+            "zoom_limit": round(self.zoom_limit, 3), "run": self.run.name, "field": self.field,
+            "device": str(self.device), "motion_channels": list(SPEECH_CHANNELS),
+        }
+
+
+class ViewerSession:
+    """One live stream (a browser tab): its prior state, frame counter and view. Not thread-safe:
+    the server calls one session from one task at a time."""
+
+    def __init__(self, model: ViewerModel):
+        self.model = model
+        self.view = View(resolution=model.scene.frame_size if model.scene.frame_size in model.resolutions else 512)
+        self.mode: str | None = None
+        self._stream = None
+        self._next_k = 0
+
+    @property
+    def started(self) -> bool:
+        return self._stream is not None
+
+    @property
+    def frames_out(self) -> int:
+        return self._next_k
+
+    def start(self, mode: str) -> None:
+        """A new stream: audio time 0, the prior's state as offline inference starts a clip."""
+        from avatar3d.audio.prior import PriorStream
+
+        self._stream, self._next_k, self.mode = PriorStream(self.model.prior), 0, mode
+
+    def push(self, samples: np.ndarray, draw: str = "newest") -> list[Frame]:
+        """Feed 16 kHz audio ``[S]`` float32; the frames it finishes. ``draw``: "newest" (only the
+        last finished frame gets a picture: a live stream that fell behind catches up), "all",
+        or "none"."""
+        if self._stream is None:
+            raise UserError("audio before start")
+        return self._frames(self._stream.push(np.asarray(samples, np.float32)), draw)
+
+    def end(self, draw: str = "all") -> list[Frame]:
+        """End of stream: the last look-ahead frames (silence after the end, as offline)."""
+        if self._stream is None:
+            return []
+        frames = self._frames(self._stream.flush(), draw)
+        self._stream = None
+        return frames
+
+    def _frames(self, motion: np.ndarray, draw: str) -> list[Frame]:
+        out = []
+        for j, m in enumerate(motion):
+            k = self._next_k
+            self._next_k += 1
+            if self.view.paused or draw == "none" or (draw == "newest" and j < len(motion) - 1):
+                out.append(Frame(k, m))
+                continue
+            t0 = time.perf_counter()
+            image = self.model.draw(k, m, self.view)
+            jpeg = self.model.encode(image)
+            out.append(Frame(k, m, jpeg, image.shape[1], image.shape[0], (time.perf_counter() - t0) * 1e3))
+        return out
+
+    def control(self, change) -> None:
+        """Apply a :class:`avatar3d.viewer.protocol.Control` (fields left None stay)."""
+        v = self.view
+        if change.expression is not None:
+            v.expression = {k: x for k, x in change.expression.items() if x}
+        for name in ("yaw", "pitch", "zoom", "resolution", "idle_motion", "paused"):
+            value = getattr(change, name)
+            if value is not None:
+                setattr(v, name, value)
+        v.yaw = max(-self.model.yaw_limit, min(self.model.yaw_limit, v.yaw))
+        v.pitch = max(-self.model.pitch_limit, min(self.model.pitch_limit, v.pitch))
+        v.zoom = max(1.0, min(self.model.zoom_limit, v.zoom))
+
