@@ -283,3 +283,27 @@ def make_tiny_run(root: Path, frames: int = 16) -> Path:
     preset.write_text(json.dumps(params.to_json()))
     run_fit(FitConfig(data, root / "run", preset=str(preset), device="cpu", progress=False, threads=1))
     return root / "run"
+
+
+def make_subject_run(root: Path, steps: int = 200) -> Path:
+    """A RUN (root/run) of the synthetic talking head (avatar3d.synth: a photo face the tracker
+    finds), 4 s at 256², preprocessed for real and fitted for ``steps`` at 64² (about 40 s on
+    2 cores): an avatar whose frames the face tracker reads, for the viewer's browser test."""
+    import json
+
+    from avatar3d.fit import FitConfig, run_fit
+    from avatar3d.gaussian.config import PRESETS
+    from avatar3d.preprocess.pipeline import PreprocessConfig, run_preprocess
+    from avatar3d.synth.subject import SynthPaths, write_synth
+
+    write_synth(root / "subject", seed=0, seconds=4.0, size=256)
+    run_preprocess(PreprocessConfig(video=SynthPaths(root / "subject").clip, output=root / "data", size=256))
+    demo = PRESETS["demo"]
+    params = replace(
+        demo, steps=steps, image_size=64, prior_finetune_steps=20, checkpoint_every=10 * steps,
+        strategy=replace(demo.strategy, refine_start=steps // 4, refine_stop=3 * steps // 4, refine_every=steps // 8),
+    )
+    (root / "preset.json").write_text(json.dumps(params.to_json()))
+    run_fit(FitConfig(root / "data", root / "run", preset=str(root / "preset.json"), device="cpu", progress=False,
+                      threads=1))
+    return root / "run"

@@ -92,3 +92,46 @@ def console_errors(driver) -> list[str]:
         return [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     except Exception:  # noqa: BLE001 - not every driver keeps logs
         return []
+
+
+@contextmanager
+def viewer_server(run: Path, *args: str, timeout: float = 120.0):
+    """``avatar3d view RUN --port 0 ARGS`` in a child process; yields the URL it prints."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", "import sys; from avatar3d.cli import main; sys.exit(main())",
+           "view", str(run), "--port", "0", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            if " at http" in line:
+                break
+        if " at http" not in line:
+            proc.kill()
+            raise RuntimeError(f"avatar3d view did not start: {line.strip()} {proc.stderr.read()[-2000:]}")
+        yield line.strip().rsplit(" at ", 1)[1]
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def canvas_png(driver):
+    """The picture the page shows now: ``[H, W, 3] uint8`` RGB (numpy)."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    url = driver.execute_script("return document.getElementById('view').toDataURL('image/png')")
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(img[..., ::-1])

@@ -8,9 +8,10 @@ Each connection gets a :class:`avatar3d.viewer.session.ViewerSession`; the avata
 are one :class:`ViewerModel` shared by all. Work per connection is three tasks: the reader checks
 every message (:mod:`avatar3d.viewer.protocol`) and queues audio and controls in order (a bounded
 queue: a client that sends faster than the server draws is held back by TCP, not buffered); the
-worker feeds them to the session on the one drawing thread (mic mode draws only the newest due
-frame, so a live stream that falls behind catches up; file mode draws all); the sender drains an
-outbox of at most 8 frames, dropping the oldest for a client that reads too slowly.
+worker feeds them to the session on the one drawing thread, drawing the newest due frame of what
+arrived meanwhile (20 ms chunks finish at most one frame each, so a server that keeps up draws
+every frame; one that falls behind skips frames instead of lagging); the sender drains an outbox
+of at most 8 frames, dropping the oldest for a client that reads too slowly.
 """
 from __future__ import annotations
 
@@ -132,8 +133,7 @@ async def _worker(state: ServerState, session, queue: asyncio.Queue, outbox: Out
         for kind, group in itertools.groupby(items, key=lambda item: item[0]):
             payloads = [p for _, p in group]
             if kind == "audio":
-                draw = "all" if session.mode == "file" else "newest"
-                frames = await loop.run_in_executor(state.executor, session.push, np.concatenate(payloads), draw)
+                frames = await loop.run_in_executor(state.executor, session.push, np.concatenate(payloads), "newest")
             elif kind == "end":
                 frames = await loop.run_in_executor(state.executor, session.end, "all")
             else:  # start / control: cheap, ordered with the audio

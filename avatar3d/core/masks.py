@@ -106,13 +106,15 @@ def iter_masks(path: Path) -> Iterator[np.ndarray]:
         if stream.codec_context.name != "ffv1":
             raise UserError(f"{path} is not an avatar3d mask file (codec {stream.codec_context.name})")
         stream.thread_type = "AUTO"
+        # bound now: a generator closed at interpreter exit must not look up `av`
+        decode_error = av.error.FFmpegError
         try:
             for frame in c.decode(stream):
                 if frame.format.name != "gray":
                     raise UserError(f"{path} is not an avatar3d mask file (pixel format {frame.format.name})")
                 labels = frame.to_ndarray()
                 yield labels.reshape(frame.height, frame.width)
-        except av.error.FFmpegError as exc:
+        except decode_error as exc:
             raise UserError(f"mask file {path} is corrupt or truncated: {exc}") from None
 
 

@@ -118,12 +118,14 @@ def iter_timed_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
         tb = stream.time_base
         fps = float(stream.average_rate or stream.guessed_rate or 25)
         k = 0
+        # bound now: a generator closed at interpreter exit must not look up `av`
+        decode_error = av.error.FFmpegError
         try:
             for frame in c.decode(stream):
                 t = float(frame.pts * tb) if frame.pts is not None else k / fps
                 yield t, frame.to_ndarray(format="rgb24")
                 k += 1
-        except av.error.FFmpegError as exc:
+        except decode_error as exc:
             raise UserError(f"video {path} is corrupt or truncated: {exc}") from None
 
 

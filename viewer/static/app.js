@@ -13,7 +13,7 @@ const query = new URLSearchParams(location.search);
 const TOKEN = query.get("token");
 const JAW_OPEN = Number(query.get("jaw") || 0.15); // jawOpen past which the mouth counts as open
 const ONSET_DB = -35, QUIET_DB = -45, QUIET_MS = 300; // speech-burst onsets (dBFS of 20 ms chunks)
-const FILE_AHEAD_S = 0.5; // file mode: audio sent ahead of the playback position
+const FILE_AHEAD_S = 0.3; // file mode: audio sent ahead of the playback position (> the 80 ms look-ahead)
 const KEEP = 3000; // per-frame records kept in the stats
 
 const stats = (window.avatar3dStats = {
@@ -21,7 +21,7 @@ const stats = (window.avatar3dStats = {
   frames: 0, frames_drawn: 0, fps: 0, latency_ms_p50: null, latency_ms_p95: null,
   mouth_latency_ms: [], onsets: 0, drift_ms_p50: null, drift_ms_p95: null, drift_log: [],
   dropped: 0, render_ms: null, motion: null, jaw: null, codes: [], errors: [], ended: false,
-  resolution: null, session: null,
+  resolution: null, session: null, shown: null,
 });
 
 const $ = (id) => document.getElementById(id);
@@ -94,6 +94,7 @@ function display(head, bitmap) {
   bitmap.close();
   const now = performance.now();
   lastDrawnK = head.k; stats.frames_drawn++; stats.resolution = canvas.width;
+  stats.shown = [head.k, head.jaw];
   push(drawTimes, now, 100);
   if (stats.mode === "mic") {
     const captured = sampleTime(head.k * 640);
@@ -300,6 +301,7 @@ function buildControls() {
   res.onchange = () => control({ resolution: Number(res.value) });
   $("zoom").max = ready.zoom_limit;
   $("zoom").oninput = () => control({ zoom: Number($("zoom").value) });
+  if (query.get("idle") === "0") { $("idle").checked = false; control({ idle_motion: false }); }
   $("idle").onchange = () => control({ idle_motion: $("idle").checked });
   const box = $("expressions"); box.querySelectorAll("label").forEach((l) => l.remove());
   for (const name of ready.expressions) {
