@@ -22,7 +22,11 @@ const stats = (window.avatar3dStats = {
   mouth_latency_ms: [], onsets: 0, drift_ms_p50: null, drift_ms_p95: null, drift_log: [],
   dropped: 0, render_ms: null, motion: null, jaw: null, codes: [], errors: [], ended: false,
   resolution: null, session: null, shown: null,
+  // mic mode, per drawn frame (ms, medians of the last 250): audio of the frame and its
+  // look-ahead complete -> frame received (server + network), received -> on screen
+  budget: { server_network_ms: null, render_ms: null, decode_display_ms: null },
 });
+const budget = { server_network_ms: [], render_ms: [], decode_display_ms: [] };
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("view"), g2d = canvas.getContext("2d"), hud = $("hud");
@@ -78,6 +82,7 @@ function onFrame(buf) {
   push(stats.codes, [head.k, head.t, head.jaw], KEEP);
   if (head.render_ms) stats.render_ms = head.render_ms;
   if (!jpeg.length) return;
+  head.received = performance.now();
   const bitmap = createImageBitmap(new Blob([jpeg], { type: "image/jpeg" }));
   if (stats.mode === "file") {
     frameBuffer.set(head.k, { t: head.t, jaw: head.jaw, bitmap: null });
@@ -101,6 +106,13 @@ function display(head, bitmap) {
     if (captured !== null) {
       push(latencies, now - captured);
       stats.latency_ms_p50 = pct(latencies, 0.5); stats.latency_ms_p95 = pct(latencies, 0.95);
+    }
+    const complete = sampleTime((head.k + 1 + ready.lookahead_frames) * 640);
+    if (complete !== null && head.received) {
+      push(budget.server_network_ms, head.received - complete);
+      push(budget.render_ms, head.render_ms);
+      push(budget.decode_display_ms, now - head.received);
+      for (const key in budget) stats.budget[key] = pct(budget[key], 0.5);
     }
     if (pendingOnset && head.jaw >= JAW_OPEN && (head.k + 1) * 640 > pendingOnset.sample) {
       push(stats.mouth_latency_ms, Math.round(now - pendingOnset.ms), 1000);
@@ -264,7 +276,7 @@ function showFileFrames() {
       push(drifts, d);
       stats.drift_ms_p50 = pct(drifts, 0.5); stats.drift_ms_p95 = pct(drifts, 0.95);
       if (!stats.drift_log.length || pos - stats.drift_log[stats.drift_log.length - 1][0] >= 10) {
-        push(stats.drift_log, [Math.round(pos * 10) / 10, Math.round(d * 10) / 10], 10000);
+        push(stats.drift_log, [Math.round(pos * 10) / 10, stats.drift_ms_p50], 10000); // [s, median of recent]
       }
       display({ k: best.k, jaw: best.jaw }, best.bitmap);
     }
