@@ -180,7 +180,7 @@ class ViewerModel:
 
     # -- drawing ---------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def draw(self, k: int, motion: np.ndarray, view: View) -> np.ndarray:
         """Output frame ``k`` of motion ``motion`` [28] as ``view`` shows it: [R, R, 3] uint8 RGB."""
         import cv2
