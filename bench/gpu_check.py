@@ -1,5 +1,5 @@
 """Every GPU claim in one prepared call (issue 21): build, GPU tests, hash-grid bench, a fit on a
-time budget, render FPS; one JSON and a Markdown summary under --out.
+time budget, render FPS, the live viewer's frame rate and latency; one JSON and a Markdown summary under --out.
 
     python bench/gpu_check.py --out OUT --data DATASET            # on a CUDA machine, ~9 minutes
     python bench/gpu_check.py --out OUT --data DATASET --dry-run  # the same steps on the CPU, toy sizes
@@ -18,7 +18,11 @@ skipped, and its failure is recorded and printed without stopping the others:
 6. ``fit``: ``avatar3d fit DATASET --preset default`` for ``--fit-minutes`` of wall time, logging
    val head PSNR against time (``params.val_every``);
 7. ``render_fps``: bench/render_fps.py on what step 6 fitted, head only at 512² and whole
-   composited frames.
+   composited frames;
+8. ``viewer``: ``avatar3d view`` of that run on the GPU with bench/viewer.py's WebSocket client
+   (the dataset's audio at real-time pace): frames delivered per second at 128², 256², 512², and
+   the server + network part of the live latency (no browser there: the 120 ms of audio and the
+   page's decode are added in BENCHMARKS.md).
 
 ``bench/gpu_carry.py`` prepares what travels with the call (the dataset, the wheels the GPU
 machine lacks); BENCHMARKS.md has the exact call.
@@ -216,6 +220,17 @@ def main() -> int:
         r = json.loads(res.read_text())
         return {k: r[k] for k in ("fps", "size", "gaussians", "backend", "composite_fps", "composite_frame_size")}
 
+    def viewer() -> dict:
+        if not (run / "avatar.pt").is_file():
+            raise Skip("no fitted run (the fit step did not finish)")
+        res = out / "viewer.json"
+        seconds = "8" if cuda else "1"
+        sh([py, "bench/viewer.py", str(run), "--skip", "latency", "drift", "--device", device, "--fps-seconds", seconds,
+            "--speech", str(args.data / "audio.wav"), "--out", str(res)], out / "viewer.log", 180)
+        return {f"{r['resolution']}": {k: r[k] for k in ("fps_delivered", "render_ms_p50", "server_network_ms_p50",
+                                                         "server_network_ms_p95")}
+                for r in json.loads(res.read_text())["fps"]["tiny"]}
+
     run_step("environment", environment, steps)
     run_step("build_cuda_ext", build_cuda_ext, steps)
     gsplat_ok = run_step("build_gsplat", build_gsplat, steps).status == "ok"
@@ -224,6 +239,7 @@ def main() -> int:
     run_step("hashgrid_bench", hashgrid_bench, steps)
     run_step("fit", fit, steps)
     run_step("render_fps", render_fps, steps)
+    run_step("viewer", viewer, steps)
 
     report = {"dry_run": dry, "seconds": round(time.time() - t_start, 1), **provenance(device),
               "steps": [asdict(s) for s in steps]}

@@ -6,14 +6,18 @@
    speech bursts (1.5 s of ../shared/data/audio each) between 1.2 s silences is the fake
    microphone. For each burst, the page measures from the AudioWorklet's time of the onset
    sample to the display of the first frame whose jawOpen passes a threshold (halfway from the
-   prior's rest to the 95th percentile of the offline prior's jaw on the same wav); also the
-   sound-to-picture latency of every frame and its budget (the frame's own audio and the prior's
-   look-ahead: 120 ms by construction; server + network; decode + display), and the prior's cost
-   per 20 ms chunk measured here.
+   prior's rest to the 95th percentile of the offline prior's jaw on the same wav). That mouth
+   latency = the code delay (when, relative to the onset, the prior's own output first passes the
+   threshold: computed here offline on the wav) + the frame latency, which the page measures for
+   every frame (its first audio sample reaching the worklet -> on screen) with its budget: the
+   frame's own audio and the prior's look-ahead (120 ms by construction), server + network (of
+   which the server's draw + JPEG), decode + display; and the prior's cost per 20 ms chunk here.
 2. **Frames per second delivered** (a Python WebSocket client, no browser): 20 ms chunks of speech
    sent at real-time pace for ``--fps-seconds``; pictures received per second (at most 25: one
-   per 40 ms of audio) and the server's own draw + JPEG time per frame, at 128², 256², 512², for
-   each avatar given.
+   per 40 ms of audio), the server's own draw + JPEG time per frame, and the time from sending
+   the chunk that makes a frame's code final to receiving the frame (the server + network part of
+   the latency; add 120 ms of audio for the frame latency), at 128², 256², 512², for each avatar
+   given. This part needs no browser (``--skip latency drift``: the GPU check runs it so).
 3. **Drift** (headless Chromium, file mode): a ``--drift-minutes`` wav chosen in the page's file
    picker plays to the end; the page logs every 10 s the median, over its last 250 frames, of
    (audio clock at display - the frame's audio time). Reported: the first and last minute's logs.
@@ -36,15 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import peak_rss_gb, provenance, report  # noqa: E402
 
 SPEECH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "audio"
+LOOKAHEAD_FRAMES = 2  # the prior's (the server's ready message says so too)
 
 
-def speech_pool() -> np.ndarray:
-    """All driving speech of ../shared/data/audio back to back, 16 kHz. [S]"""
+def speech_pool(files: list[Path] | None = None) -> np.ndarray:
+    """The given speech files (default: all of ../shared/data/audio) back to back, 16 kHz. [S]"""
     from avatar3d.audio.features import load_audio
 
-    files = sorted(SPEECH_DIR.glob("*.wav"))
+    files = files or sorted(SPEECH_DIR.glob("*.wav"))
     if not files:
-        raise SystemExit(f"no speech wavs in {SPEECH_DIR}")
+        raise SystemExit(f"no speech wavs in {SPEECH_DIR} (give --speech)")
     return np.concatenate([load_audio(f) for f in files]).astype(np.float32)
 
 
@@ -67,14 +72,26 @@ def write_wav(path: Path, audio: np.ndarray) -> Path:
     return path
 
 
-def jaw_threshold(run: Path, audio: np.ndarray) -> tuple[float, float]:
+def offline_jaw(run: Path, audio: np.ndarray) -> tuple[np.ndarray, float]:
+    """The run's prior on the whole wav, offline: jawOpen per frame [N] and its rest value."""
     from avatar3d.audio.prior import predict_motion_from_audio
     from avatar3d.drive.render import fit_audio, load_run_prior, num_output_frames
 
     prior, _ = load_run_prior(run, "cpu")
     jaw = predict_motion_from_audio(prior, fit_audio(audio, num_output_frames(len(audio))))[:, 0]
-    rest = float(prior.rest[0])
-    return rest + 0.5 * (float(np.percentile(jaw, 95)) - rest), rest
+    return jaw, float(prior.rest[0])
+
+
+def code_delays_ms(jaw: np.ndarray, threshold: float, onsets: list[float]) -> list[float]:
+    """Per burst onset (s): the start of the first frame the page would count (one that ends after
+    the onset, jaw past ``threshold``) minus the onset, in ms: the prior's own share of the mouth
+    latency (negative: its look-ahead opens the mouth before the sound)."""
+    out = []
+    for onset in onsets:
+        k = next((k for k in range(len(jaw)) if (k + 1) * 0.04 > onset and jaw[k] >= threshold), None)
+        if k is not None:
+            out.append(round((k * 0.04 - onset) * 1000, 1))
+    return out
 
 
 def prior_cost_ms(run: Path, audio: np.ndarray) -> float:
@@ -92,13 +109,15 @@ def prior_cost_ms(run: Path, audio: np.ndarray) -> float:
     return (time.perf_counter() - t0) / n * 1e3
 
 
-def latency(run: Path, pool: np.ndarray, tmp: Path, resolution: int, n_bursts: int) -> dict:
+def latency(run: Path, pool: np.ndarray, tmp: Path, resolution: int, n_bursts: int, threads: int = 0) -> dict:
     from avatar3d.viewer.browser import chromium, viewer_server, wait_for
 
     audio, onsets = bursts(pool, n_bursts)
     wav = write_wav(tmp / "bursts.wav", audio)
-    threshold, rest = jaw_threshold(run, audio)
-    with viewer_server(run) as url, chromium(wav) as driver:
+    jaw, rest = offline_jaw(run, audio)
+    threshold = rest + 0.5 * (float(np.percentile(jaw, 95)) - rest)
+    delays = code_delays_ms(jaw, threshold, onsets)
+    with viewer_server(run, "--threads", str(threads)) as url, chromium(wav) as driver:
         driver.get(f"{url}?mode=mic&res={resolution}&jaw={threshold:.4f}")
         need = int(len(audio) / 16000 * 25) - 10
         s = wait_for(driver, lambda s: s["frames"] >= need, len(audio) / 16000 + 60, "the whole wav")
@@ -108,6 +127,7 @@ def latency(run: Path, pool: np.ndarray, tmp: Path, resolution: int, n_bursts: i
         "jaw_rest": round(rest, 4), "mouth_latency_ms": lat.tolist(),
         "mouth_latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
         "mouth_latency_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
+        "code_delay_ms": delays, "code_delay_ms_p50": float(np.median(delays)) if delays else None,
         "frame_latency_ms_p50": s["latency_ms_p50"], "frame_latency_ms_p95": s["latency_ms_p95"],
         "budget_ms_p50": {"audio_of_frame_and_lookahead": 120.0, **s["budget"]},
         "prior_ms_per_20ms_chunk": round(prior_cost_ms(run, audio), 3),
@@ -121,16 +141,21 @@ async def _fps(url: str, audio: np.ndarray, resolution: int, seconds: float) -> 
     from avatar3d.viewer import protocol as P
 
     ws_url = url.split("?")[0].replace("http://", "ws://") + "ws"
-    got, render = [], []
+    got, render, waits = [], [], []
+    sent: dict[int, float] = {}  # chunk index -> when it was sent
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=1 << 24) as ws:
 
         async def receive():
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.BINARY:
+                    now = time.perf_counter()
                     head, jpeg = P.read_frame_message(msg.data)
                     if jpeg:
-                        got.append(time.perf_counter())
+                        got.append(now)
                         render.append(head["render_ms"])
+                        last = 2 * (head["k"] + 1 + LOOKAHEAD_FRAMES) - 1  # the chunk that makes its code final
+                        if last in sent:
+                            waits.append((now - sent[last]) * 1e3)
 
         reader = asyncio.create_task(receive())
         await ws.send_str(json.dumps({"type": "control", "resolution": resolution}))
@@ -140,20 +165,24 @@ async def _fps(url: str, audio: np.ndarray, resolution: int, seconds: float) -> 
         for i in range(n):
             chunk = audio[(i * 320) % (len(audio) - 320):][:320]
             await ws.send_bytes((chunk * 32767).astype("<i2").tobytes())
+            sent[i] = time.perf_counter()
             await asyncio.sleep(max(0.0, t0 + (i + 1) * 0.02 - time.perf_counter()))
         await asyncio.sleep(0.5)
         reader.cancel()
     span = seconds
     return {"resolution": resolution, "seconds": seconds, "pictures": len(got),
             "fps_delivered": round(len(got) / span, 2), "render_ms_p50": float(np.median(render)) if render else None,
-            "server_fps_max": round(1000 / float(np.median(render)), 1) if render else None}
+            "server_fps_max": round(1000 / float(np.median(render)), 1) if render else None,
+            # last needed chunk sent -> frame received: the server + network part of the latency
+            "server_network_ms_p50": round(float(np.median(waits)), 1) if waits else None,
+            "server_network_ms_p95": round(float(np.percentile(waits, 95)), 1) if waits else None}
 
 
-def fps(run: Path, audio: np.ndarray, seconds: float) -> list[dict]:
+def fps(run: Path, audio: np.ndarray, seconds: float, threads: int = 0, device: str = "auto") -> list[dict]:
     from avatar3d.viewer.browser import viewer_server
 
     out = []
-    with viewer_server(run) as url:
+    with viewer_server(run, "--threads", str(threads), "--device", device) as url:
         for res in (128, 256, 512):
             out.append(asyncio.run(_fps(url, audio, res, seconds)))
             print(f"  {run.name} {res}²: {out[-1]}", file=sys.stderr)
@@ -194,6 +223,9 @@ def main() -> None:
     ap.add_argument("--fps-seconds", type=float, default=8.0)
     ap.add_argument("--drift-minutes", type=float, default=10.0, help="0 = skip the drift run")
     ap.add_argument("--skip", nargs="*", default=[], choices=["latency", "fps", "drift"])
+    ap.add_argument("--threads", type=int, default=0, help="the server's --threads (0 = PyTorch's default)")
+    ap.add_argument("--device", default="auto", help="the server's --device (fps part)")
+    ap.add_argument("--speech", type=Path, nargs="*", help="speech wavs (default: ../shared/data/audio/*.wav)")
     args = ap.parse_args()
 
     from avatar3d.viewer.browser import browser_unavailable_reason
@@ -201,17 +233,20 @@ def main() -> None:
     reason = browser_unavailable_reason()
     if reason and ("latency" not in args.skip or "drift" not in args.skip):
         raise SystemExit(f"bench/viewer.py: {reason}")
-    pool = speech_pool()
-    result = {"bench": "viewer", **provenance("cpu")}
+    pool = speech_pool(args.speech)
+    import torch
+
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    result = {"bench": "viewer", **provenance(device), "server_threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "latency" not in args.skip:
-            result["latency"] = latency(args.tiny, pool, tmp, args.resolution, args.bursts)
+            result["latency"] = latency(args.tiny, pool, tmp, args.resolution, args.bursts, args.threads)
             print(f"latency: {result['latency']}", file=sys.stderr)
         if "fps" not in args.skip:
-            result["fps"] = {"tiny": fps(args.tiny, pool, args.fps_seconds)}
+            result["fps"] = {"tiny": fps(args.tiny, pool, args.fps_seconds, args.threads, args.device)}
             if args.small:
-                result["fps"]["small"] = fps(args.small, pool, args.fps_seconds)
+                result["fps"]["small"] = fps(args.small, pool, args.fps_seconds, args.threads, args.device)
         if "drift" not in args.skip and args.drift_minutes > 0:
             result["drift"] = drift(args.tiny, pool, tmp, args.drift_minutes, args.resolution)
     result["runs"] = {"tiny": str(args.tiny), "small": str(args.small) if args.small else None}

@@ -4,7 +4,9 @@ cap, the token and Origin checks). The page in a real browser: tests/test_viewer
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +213,7 @@ def test_protocol_errors_leave_other_clients_served(model):
                 ready = await _next(good, "ready")
                 assert ready["protocol"] == 1 and ready["sample_rate"] == 16000 and ready["resolutions"]
                 await _next(bad, "ready")
+                held = [weakref.ref(c.session) for c in server.app[STATE].sessions]
                 await good.send_str('{"type": "start", "mode": "mic"}')
                 await bad.send_str('{"type": "control", "resolution": 128}')
                 for i, (kind, data) in enumerate(bad_messages):
@@ -235,11 +238,13 @@ def test_protocol_errors_leave_other_clients_served(model):
                 await good.send_str('{"type": "ping", "t": 7}')
                 assert (await _next(good, "pong"))["t"] == 7
                 await good.close()
-                for _ in range(50):  # sessions are freed when they close
-                    if not server.app[STATE].sessions:
+                for _ in range(100):  # sessions are closed and what they held is freed
+                    gc.collect()
+                    if not server.app[STATE].sessions and all(ref() is None for ref in held):
                         break
                     await asyncio.sleep(0.05)
                 assert not server.app[STATE].sessions
+                assert all(ref() is None for ref in held)
                 fourth = await http.ws_connect(server.make_url("/ws"))
                 assert (await _next(fourth, "ready"))["protocol"] == 1
                 await fourth.close()
@@ -276,6 +281,36 @@ def test_token_and_origin(model):
                     assert r.status == 200 and "avatar3d" in await r.text()
                 async with http.get(server.make_url(f"/api/audio/dataset?token={token}")) as r:
                     assert r.status == 200 and (await r.read())[:4] == b"RIFF"
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_draw_is_reported_and_the_stream_goes_on(model, monkeypatch):
+    calls = {"n": 0}
+    draw = ViewerModel.draw
+
+    def flaky(self, k, motion, view):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("out of memory (simulated)")
+        return draw(self, k, motion, view)
+
+    monkeypatch.setattr(ViewerModel, "draw", flaky)
+
+    async def main():
+        server = await _serve(model)
+        try:
+            async with aiohttp.ClientSession() as http:
+                ws = await http.ws_connect(server.make_url("/ws"))
+                await _next(ws, "ready")
+                await ws.send_str('{"type": "start", "mode": "mic"}')
+                await ws.send_bytes(_pcm16(speechy_audio(0.2)))
+                err = await _next(ws, "error")
+                assert "server error" in err["message"] and "simulated" in err["message"] and not err["fatal"]
+                assert await _frames_flow(ws, speechy_audio(0.4)) > 0
+                await ws.close()
         finally:
             await server.close()
 

@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import secrets
 import sys
+import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class ViewConfig:
     """Training frames the idle head motion walks back and forth over (and whose torsos are kept decoded)."""
     jpeg_quality: int = 85
     """JPEG quality of the frames sent (1-100)."""
+    threads: int = 0
+    """CPU threads PyTorch draws with (0 = PyTorch's default: one per core)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -77,7 +80,7 @@ class ServerState:
     token: str | None
     max_sessions: int
     executor: ThreadPoolExecutor  # the one drawing thread
-    sessions: set
+    sessions: set  # the open Connections
 
 
 STATE = web.AppKey("avatar3d_view_state", ServerState)
@@ -117,56 +120,83 @@ class Outbox:
                     await self.ws.send_bytes(P.frame_message(obj.header(self.dropped), obj.jpeg))
 
 
-async def _worker(state: ServerState, session, queue: asyncio.Queue, outbox: Outbox) -> None:
-    """Feed a session its audio and controls in order, drawing on the drawing thread. What has
-    piled up meanwhile is taken at once: consecutive audio chunks go to the session together, so
-    a live stream that fell behind draws only its newest frame."""
-    import itertools
+class Connection:
+    """One tab's session and the two tasks that serve it (see module docstring)."""
 
-    import numpy as np
+    def __init__(self, state: ServerState, ws):
+        from avatar3d.viewer.session import ViewerSession
 
-    loop = asyncio.get_running_loop()
-    while True:
-        items = [await queue.get()]
-        while not queue.empty():
-            items.append(queue.get_nowait())
-        for kind, group in itertools.groupby(items, key=lambda item: item[0]):
-            payloads = [p for _, p in group]
-            if kind == "audio":
-                frames = await loop.run_in_executor(state.executor, session.push, np.concatenate(payloads), "newest")
-            elif kind == "end":
-                frames = await loop.run_in_executor(state.executor, session.end, "all")
-            else:  # start / control: cheap, ordered with the audio
-                for call in payloads:
-                    call()
-                continue
-            for f in frames:
-                outbox.frame(f)
-            if kind == "end":
-                outbox.text({"type": "ended", "frames": session.frames_out})
+        self.state, self.ws = state, ws
+        self.session = ViewerSession(state.model)
+        self.outbox = Outbox(ws)
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=AUDIO_QUEUE)  # ("audio"|"end"|"call", payload)
+        self.streaming = False  # between start and end, as the reader has seen them
+        self.tasks = [asyncio.create_task(self.outbox.run()), asyncio.create_task(self._work())]
 
+    async def receive(self, msg) -> None:
+        """Check one client message and queue what it asks (ProtocolError on a bad one)."""
+        if msg.type == WSMsgType.BINARY:
+            if not self.streaming:
+                raise P.ProtocolError('audio before start (send {"type": "start", "mode": ...} first)')
+            await self.queue.put(("audio", P.parse_audio(msg.data)))
+            return
+        m = P.parse_text(msg.data, self.state.model.expressions, self.state.model.resolutions)
+        if isinstance(m, P.Ping):
+            self.outbox.text({"type": "pong", "t": m.t})
+        elif isinstance(m, P.Start):
+            self.streaming = True
+            await self.queue.put(("call", lambda: self.session.start(m.mode)))
+        elif isinstance(m, P.End):
+            if not self.streaming:
+                raise P.ProtocolError("end before start")
+            self.streaming = False
+            await self.queue.put(("end", None))
+        elif isinstance(m, P.Control):
+            await self.queue.put(("call", lambda: self.session.control(m)))
 
-async def _handle_text(data: str, state: ServerState, session, queue: asyncio.Queue, outbox: Outbox,
-                       started: list) -> None:
-    """Check one text message and queue what it asks (ProtocolError on a bad one)."""
-    msg = P.parse_text(data, state.model.expressions, state.model.resolutions)
-    if isinstance(msg, P.Ping):
-        outbox.text({"type": "pong", "t": msg.t})
-    elif isinstance(msg, P.Start):
-        started[0] = True
-        await queue.put(("call", lambda: session.start(msg.mode)))
-    elif isinstance(msg, P.End):
-        if not started[0]:
-            raise P.ProtocolError("end before start")
-        started[0] = False
-        await queue.put(("end", None))
-    elif isinstance(msg, P.Control):
-        await queue.put(("call", lambda: session.control(msg)))
+    async def _work(self) -> None:
+        """Feed the session its audio and controls in order, drawing on the drawing thread. What
+        piled up meanwhile is taken at once: consecutive audio chunks go to the session together,
+        so a stream that fell behind draws only its newest frame. A failed draw is reported to
+        the client (and logged) and the stream goes on."""
+        import itertools
+
+        import numpy as np
+
+        loop = asyncio.get_running_loop()
+        session, outbox = self.session, self.outbox
+        while True:
+            items = [await self.queue.get()]
+            while not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            for kind, group in itertools.groupby(items, key=lambda item: item[0]):
+                payloads = [p for _, p in group]
+                try:
+                    if kind == "audio":
+                        audio = np.concatenate(payloads)
+                        frames = await loop.run_in_executor(self.state.executor, session.push, audio, "newest")
+                    elif kind == "end":
+                        frames = await loop.run_in_executor(self.state.executor, session.end, "all")
+                    else:  # start / control: cheap, ordered with the audio
+                        for call in payloads:
+                            call()
+                        continue
+                except Exception as exc:  # noqa: BLE001 - one bad draw must not end the session
+                    traceback.print_exc(file=sys.stderr)
+                    outbox.text(P.error_message(f"server error: {exc!r}"))
+                    continue
+                for f in frames:
+                    outbox.frame(f)
+                if kind == "end":
+                    outbox.text({"type": "ended", "frames": session.frames_out})
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def ws_handler(request):
-    from avatar3d.viewer.session import ViewerSession
-
     state: ServerState = request.app[STATE]
     # aiohttp closes a connection past max_msg_size (1009) itself; below that, our own limits
     # answer with an error and keep the session.
@@ -177,40 +207,26 @@ async def ws_handler(request):
             f"server is full: {state.max_sessions} sessions are open (avatar3d view --max-sessions)", fatal=True))
         await ws.close(code=1013, message=b"server full")
         return ws
-    session = ViewerSession(state.model)
-    state.sessions.add(session)
-    outbox = Outbox(ws)
-    queue: asyncio.Queue = asyncio.Queue(maxsize=AUDIO_QUEUE)
-    started = [False]
-    tasks = [asyncio.create_task(outbox.run()), asyncio.create_task(_worker(state, session, queue, outbox))]
+    conn = Connection(state, ws)
+    state.sessions.add(conn)
     try:
-        outbox.text({"type": "ready", "session": id(session) & 0xFFFFFF, "resolution": session.view.resolution,
-                     **state.model.ready()})
+        conn.outbox.text({"type": "ready", "session": id(conn) & 0xFFFFFF, "resolution": conn.session.view.resolution,
+                          **state.model.ready()})
         async for msg in ws:
-            if any(t.done() for t in tasks):
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break
             try:
-                if msg.type == WSMsgType.TEXT:
-                    await _handle_text(msg.data, state, session, queue, outbox, started)
-                elif msg.type == WSMsgType.BINARY:
-                    if not started[0]:
-                        raise P.ProtocolError("audio before start (send {\"type\": \"start\", \"mode\": ...} first)")
-                    await queue.put(("audio", P.parse_audio(msg.data)))
-                else:
-                    break
+                await conn.receive(msg)
             except P.ProtocolError as exc:
-                outbox.text(P.error_message(str(exc)))
-        for t in tasks:  # a task that failed must not fail silently
-            if t.done() and not t.cancelled() and t.exception() is not None:
-                print(f"avatar3d view: session error: {t.exception()!r}", file=sys.stderr)
+                conn.outbox.text(P.error_message(str(exc)))
     finally:
-        state.sessions.discard(session)
-        for t in tasks:
-            t.cancel()
-        del session, queue, outbox
-        gc.collect()
-        _free_device_memory(state.model)
-        await asyncio.gather(*tasks, return_exceptions=True)  # last: aiohttp may cancel us here
+        state.sessions.discard(conn)
+        try:
+            await conn.close()
+        finally:  # also when aiohttp cancels this handler meanwhile
+            del conn
+            gc.collect()
+            _free_device_memory(state.model)
     return ws
 
 
@@ -281,6 +297,10 @@ def run_view(config: ViewConfig) -> None:
     if not 1 <= config.jpeg_quality <= 100:
         raise UserError(f"--jpeg-quality must be in [1, 100], got {config.jpeg_quality}")
     token = server_token(config.host, config.token)
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
     model = ViewerModel(config.run, resolve_device(config.device), config.idle_frames, config.jpeg_quality)
     app = make_app(model, token, config.max_sessions)
 

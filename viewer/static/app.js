@@ -49,6 +49,11 @@ function push(arr, v, n = 250) { arr.push(v); if (arr.length > n) arr.shift(); }
 function showError(msg) { $("error").textContent = msg; push(stats.errors, msg, 50); }
 
 // -- connection --------------------------------------------------------------------------------
+if (query.get("render") === "browser") {
+  // the baked-avatar browser renderer is not part of this viewer yet; server rendering stands in
+  queueMicrotask(() => showError("render=browser is not available yet: frames are drawn by the server"));
+}
+
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   ws = new WebSocket(`${proto}://${location.host}/ws${TOKEN ? "?token=" + encodeURIComponent(TOKEN) : ""}`);
