@@ -4,7 +4,9 @@ Writes ``frames.mp4`` (size x size, 25 fps, H.264) and ``audio.wav`` (16 kHz mon
 ``num_frames * 640`` samples). The output timeline starts at the container's start time: output
 frame ``i`` shows the source frame nearest to ``start + i / 25`` s, and audio sample ``k`` is the
 source sound at ``start + k / 16000`` s, so sound and picture stay in sync for any source rate.
-Frames are streamed: at most two source frames are held at a time.
+Frames are streamed: at most two source frames are held at a time. They arrive upright and SDR
+(:mod:`avatar3d.core.picture`: a phone's display rotation is applied, HLG/PQ video is converted),
+and variable-frame-rate sources are resampled by their timestamps like any other.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from avatar3d.core.video import (
     MediaInfo, VideoWriter, iter_timed_frames, probe, read_audio, read_frames_at, write_wav,
 )
 
-VERSION = 1
+VERSION = 2  # 2: display rotation honoured, HLG/PQ converted to SDR (a v1 dataset of such a clip is wrong)
 T = TypeVar("T")
 SHOULDER_SHIFT = 0.15  # crop centre below the face centre, in face heights
 
@@ -49,6 +51,7 @@ class DecodeResult:
     """What decode learned about the source and wrote."""
 
     num_frames: int
+    picture: dict  # what was done to the frames (PictureConverter.describe)
     crop: tuple[int, int, int]  # x0, y0, side in source pixels
     source_fps: float
     source_duration: float
@@ -222,13 +225,15 @@ def run_decode(
     write_wav(paths.audio, audio)
     return DecodeResult(
         num_frames=written,
+        picture=dict(info.picture or {}),
         crop=crop,
         source_fps=info.fps,
         source_duration=duration,
         stats={
             "source_frames_decoded": decoded,
             "source_fps": info.fps,
-            "source_size": [info.width, info.height],
+            "source_size": [info.width, info.height],  # upright
+            "source_picture": dict(info.picture or {}),
             "crop": list(crop),
             "crop_faces_found": f"{faces}/{max(1, config.crop_samples)}",
             "frames": written,

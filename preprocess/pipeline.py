@@ -250,6 +250,11 @@ def run_preprocess(config: PreprocessConfig) -> Path:
         raise UserError(f"--val-fraction must be in (0, 0.5), got {config.val_fraction}")
     info = probe(source)  # missing / unreadable file -> UserError before anything is written
     decode.check_source(info, config.decode.min_duration)
+    picture = info.picture or {}
+    if picture.get("orientation", "none") != "none":
+        _say(f"avatar3d preprocess: {source.name} carries a display rotation: frames turned upright ({picture['orientation']})")
+    if picture.get("hdr", "none") != "none":
+        _say(f"avatar3d preprocess: {source.name} is HDR video: converted {picture['hdr']}")
     source_sha = sha256_file(source)
     existing = _check_output(output, source_sha)
     stages = _stages(config)
@@ -293,6 +298,7 @@ def run_preprocess(config: PreprocessConfig) -> Path:
                 num_frames=result.num_frames,
                 crop=result.crop,
                 split=default_split(result.num_frames, config.val_fraction),
+                source_picture=result.picture,
             )
             manifest.stages[DECODE_STAGE] = StageRecord(decode.VERSION, time.perf_counter() - t0, _decode_params(config))
             stats = {DECODE_STAGE: result.stats}

@@ -135,6 +135,8 @@ class Manifest:
     split: dict[str, tuple[int, int]]
     stages: dict[str, StageRecord] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    # what decoding did to the source's frames: {"orientation": ..., "hdr": ...} (PictureConverter.describe)
+    source_picture: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

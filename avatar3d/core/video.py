@@ -1,6 +1,7 @@
 """Video and audio file I/O through PyAV: the one place that talks to containers and codecs.
 
-Frames are ``[H, W, 3] uint8`` RGB arrays; audio is ``[S] float32`` mono in [-1, 1].
+Frames are ``[H, W, 3] uint8`` RGB arrays, upright and SDR (a display rotation is applied and HLG
+or PQ video is converted: :mod:`avatar3d.core.picture`); audio is ``[S] float32`` mono in [-1, 1].
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class MediaInfo:
     video_duration: float = 0.0  # seconds covered by the video stream (0 if unknown)
     audio_start: float = 0.0  # first audio timestamp, seconds (0 without audio)
     audio_duration: float = 0.0  # seconds covered by the audio stream (0 if unknown)
+    picture: dict | None = None  # what decoding does to the frames (PictureConverter.describe); None without video
 
 
 def open_media(path: Path):
@@ -68,7 +70,9 @@ def _stream_span(stream) -> tuple[float, float]:
 
 
 def probe(path: Path) -> MediaInfo:
-    """Container-level facts about ``path``; raises UserError if it is not a readable media file."""
+    """Container-level facts about ``path``; raises UserError if it is not a readable media file.
+    ``width``/``height`` are the upright frame's (a display rotation of 90/270 degrees swaps them):
+    the first frame is decoded to learn its orientation and transfer."""
     with open_media(path) as c:
         v = c.streams.video[0] if c.streams.video else None
         a = c.streams.audio[0] if c.streams.audio else None
@@ -82,13 +86,18 @@ def probe(path: Path) -> MediaInfo:
         if v is not None and not v_dur and num_frames and fps:
             v_dur = num_frames / fps
         start = float(c.start_time / 1_000_000) if c.start_time is not None else 0.0
+        width = int(v.codec_context.width) if v is not None else 0
+        height = int(v.codec_context.height) if v is not None else 0
+        converter = _first_converter(c, v) if v is not None else None
+        if converter is not None and converter.orientation.swaps_size:
+            width, height = height, width
         return MediaInfo(
             path=Path(path),
             has_video=v is not None,
             has_audio=a is not None,
             fps=fps,
-            width=int(v.codec_context.width) if v is not None else 0,
-            height=int(v.codec_context.height) if v is not None else 0,
+            width=width,
+            height=height,
             num_frames=num_frames,
             duration=duration,
             audio_rate=int(a.codec_context.sample_rate) if a is not None else 0,
@@ -97,7 +106,22 @@ def probe(path: Path) -> MediaInfo:
             video_duration=v_dur,
             audio_start=a_start,
             audio_duration=a_dur,
+            picture=converter.describe() if converter is not None else None,
         )
+
+
+def _first_converter(container, stream):
+    """The PictureConverter of ``stream`` from its first decodable frame (None if none decodes)."""
+    import av
+
+    from avatar3d.core.picture import PictureConverter
+
+    try:
+        for frame in container.decode(stream):
+            return PictureConverter.of(frame)
+    except av.error.FFmpegError:
+        return None  # the decode stage reports a corrupt stream with its own message
+    return None
 
 
 def iter_frames(path: Path) -> Iterator[np.ndarray]:
@@ -107,8 +131,11 @@ def iter_frames(path: Path) -> Iterator[np.ndarray]:
 
 
 def iter_timed_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
-    """Decode every video frame of ``path`` as ``(time in seconds, [H, W, 3] uint8 RGB)``."""
+    """Decode every video frame of ``path`` as ``(time in seconds, [H, W, 3] uint8 RGB)``, upright
+    and SDR (:class:`avatar3d.core.picture.PictureConverter`, set from the first frame)."""
     import av
+
+    from avatar3d.core.picture import PictureConverter
 
     with open_media(path) as c:
         if not c.streams.video:
@@ -118,12 +145,14 @@ def iter_timed_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
         tb = stream.time_base
         fps = float(stream.average_rate or stream.guessed_rate or 25)
         k = 0
+        convert = None
         # bound now: a generator closed at interpreter exit must not look up `av`
         decode_error = av.error.FFmpegError
         try:
             for frame in c.decode(stream):
                 t = float(frame.pts * tb) if frame.pts is not None else k / fps
-                yield t, frame.to_ndarray(format="rgb24")
+                convert = convert or PictureConverter.of(frame)
+                yield t, convert(frame)
                 k += 1
         except decode_error as exc:
             raise UserError(f"video {path} is corrupt or truncated: {exc}") from None
@@ -137,7 +166,10 @@ def read_frames_at(path: Path, times: Iterable[float]) -> list[tuple[float, np.n
     """
     import av
 
+    from avatar3d.core.picture import PictureConverter
+
     out: list[tuple[float, np.ndarray]] = []
+    convert = None
     with open_media(path) as c:
         if not c.streams.video:
             raise UserError(f"no video stream in {path}")
@@ -153,11 +185,12 @@ def read_frames_at(path: Path, times: Iterable[float]) -> list[tuple[float, np.n
                     ft = float(frame.pts * tb)
                     if best is not None and ft > target + 1e-6:
                         break
-                    best = (ft, frame.to_ndarray(format="rgb24"))
+                    best = (ft, frame)
                     if ft >= target - 1e-6:
                         break
                 if best is not None:
-                    out.append(best)
+                    convert = convert or PictureConverter.of(best[1])
+                    out.append((best[0], convert(best[1])))
         except av.error.FFmpegError as exc:
             raise UserError(f"video {path} is corrupt or truncated: {exc}") from None
     return out
