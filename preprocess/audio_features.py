@@ -22,7 +22,8 @@ from avatar3d.core.dataset import FPS, SAMPLES_PER_FRAME, DatasetPaths, Manifest
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
 
-VERSION = 2  # 2: mel stats carry the audio/mouth offset
+VERSION = 3  # 2: mel stats carry the audio/mouth offset; 3: and its per-segment lags
+AV_SEGMENTS = 4  # the offset is also measured on this many consecutive parts of the clip
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,13 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 def measure_av_offset(paths: DatasetPaths, mel: np.ndarray) -> dict:
     """How far the dataset's audio trails its mouth, from ``mel`` features ``[N, 4, 80]`` and the
-    tracked jawOpen (tracks.npz): ``{"frames": int, "ms": int, "r": float, "r_in_sync": float}``,
-    the lag in +-``TrainHyper.max_offset`` frames where jawOpen and the speech loudness
-    correlate best (:func:`avatar3d.audio.prior.av_offset`, what prior training and fine-tuning shift
-    the tracks by), that correlation, and the one at lag 0. Positive: the sound comes late. All
-    None when too few frames are tracked to tell."""
+    tracked jawOpen (tracks.npz): ``{"frames": int, "ms": int, "r": float, "r_in_sync": float,
+    "max_lag": int, "segment_lags": [int, ...]}``: the lag in +-``max_lag``
+    (``TrainHyper.max_offset``) frames where jawOpen and the speech loudness correlate best
+    (:func:`avatar3d.audio.prior.av_offset`, what prior training and fine-tuning shift the tracks
+    by), that correlation, the one at lag 0, and the best lag of each of ``AV_SEGMENTS``
+    consecutive parts of the clip (None for a part too short to tell). Positive: the sound comes
+    late. All None when too few frames are tracked to tell."""
     from avatar3d.audio.prior import JAW_OPEN, TrainHyper, av_offset, motion_from_blendshapes
 
     tracks = load_tracks(paths.root)
@@ -64,7 +67,13 @@ def measure_av_offset(paths: DatasetPaths, mel: np.ndarray) -> dict:
     if not np.isfinite(r):  # too few tracked frames to correlate
         return {"frames": None, "ms": None, "r": None, "r_in_sync": None}
     in_sync = round(r_in_sync, 3) if np.isfinite(r_in_sync) else None
-    return {"frames": int(lag), "ms": int(round(1000 * lag / FPS)), "r": round(r, 3), "r_in_sync": in_sync}
+    max_lag = TrainHyper().max_offset
+    segments = []
+    for part in np.array_split(np.arange(len(jaw)), AV_SEGMENTS):
+        seg_lag, seg_r = av_offset(mel[part], jaw[part], valid[part], max_lag)
+        segments.append(int(seg_lag) if np.isfinite(seg_r) else None)
+    return {"frames": int(lag), "ms": int(round(1000 * lag / FPS)), "r": round(r, 3), "r_in_sync": in_sync,
+            "max_lag": int(max_lag), "segment_lags": segments}
 
 
 def run_audio_features(paths: DatasetPaths, manifest: Manifest, config: AudioFeatureConfig) -> dict:

@@ -218,11 +218,19 @@ def _av_offset(stats: dict[str, dict]) -> dict:
 
 
 def av_offset_warning(offset: dict) -> str | None:
-    """A line for the user when the audio is clearly out of sync with the mouth, else None: the
-    best lag is ``AV_OFFSET_WARN_FRAMES`` or more, and correlates better than lag 0 by 0.1 or more
-    (a speaker's jaw/loudness r can be as low as 0.1-0.3 even in sync: BENCHMARKS.md, prior)."""
+    """A line for the user when the audio is clearly out of sync with the mouth, else None. Clear
+    means all of: the best lag is ``AV_OFFSET_WARN_FRAMES`` or more; it correlates better than lag
+    0 by 0.1 or more (a speaker's jaw/loudness r can be as low as 0.1-0.3 even in sync:
+    BENCHMARKS.md, prior); it is a peak inside the searched range, not its edge (a correlation
+    still rising at the edge is the slow rhythm of speech, not an offset); and at least 3 of the
+    clip's 4 parts find it too (within a frame): a real offset is the same all through a clip."""
     frames, r, r0 = offset.get("frames"), offset.get("r"), offset.get("r_in_sync")
     if frames is None or r is None or r0 is None or abs(frames) < AV_OFFSET_WARN_FRAMES or r - r0 < 0.1:
+        return None
+    max_lag, segments = offset.get("max_lag"), offset.get("segment_lags")
+    if max_lag is not None and abs(frames) >= max_lag:
+        return None
+    if segments is not None and sum(s is not None and abs(s - frames) <= 1 for s in segments) < 3:
         return None
     way = "trails" if frames > 0 else "leads"
     return (

@@ -205,6 +205,18 @@ def test_audio_features_measure_how_far_the_audio_trails_the_mouth(tmp_path, lag
         assert warning is None  # within a couple of frames: how mouths and sound go together
 
 
+def test_av_offset_warning_needs_a_clear_consistent_peak():
+    """Measured on the shared clips (BENCHMARKS.md, phone videos): Lieu's best lag, 6 frames, was
+    found by its four parts at 8, 5, 8 and 3 frames, so it is not an offset; Obama's 6 frames by
+    three of four."""
+    base = {"frames": 6, "ms": 240, "r": 0.53, "r_in_sync": 0.16, "max_lag": 8}
+    assert "trails the mouth by 240 ms" in av_offset_warning({**base, "segment_lags": [-6, 6, 6, 6]})
+    assert av_offset_warning({**base, "segment_lags": [8, 5, 8, 3]}) is None  # the parts disagree
+    assert av_offset_warning({**base, "frames": 8, "segment_lags": [8, 8, 8, 8]}) is None  # the search's edge
+    assert av_offset_warning({**base, "r_in_sync": 0.5, "segment_lags": [6, 6, 6, 6]}) is None  # no real gain
+    assert "leads the mouth by 160 ms" in av_offset_warning({**base, "frames": -4, "ms": -160, "segment_lags": [-4, -4, -3, -5]})
+
+
 def test_run_audio_features_rejects_bad_input(tmp_path):
     paths, manifest = _dataset(tmp_path, 20, extra_samples=100)
     with pytest.raises(UserError, match="expected 20 frames"):
