@@ -205,8 +205,23 @@ def _report(manifest: Manifest, stats: dict[str, dict], root: Path) -> dict:
         "timings_s": {name: round(rec.seconds, 3) for name, rec in manifest.stages.items()},
         "total_stage_seconds": round(sum(rec.seconds for rec in manifest.stages.values()), 3),
         "dataset_bytes": _dir_bytes(root),
+        "source_picture": manifest.source_picture,
+        "peak_rss_gb": peak_rss_gb(),
         "stages": stats,
     })
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory so far, GB: /proc's VmHWM where there is one (unlike
+    ru_maxrss it is not inherited from a parent that forked us), else ru_maxrss."""
+    import re
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            return round(int(re.search(r"VmHWM:\s*(\d+)", f.read()).group(1)) / 1024**2, 3)
+    except (OSError, AttributeError, ValueError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3)
 
 
 AV_OFFSET_WARN_FRAMES = 3  # 120 ms: mouths lead their sound by a frame or so; this is beyond it
