@@ -4,8 +4,9 @@ One aiohttp server: the page and its scripts from ``viewer/static`` (shipped in 
 CDN), ``/api/info`` and ``/api/audio/dataset`` (the run's own clip audio for file mode), and
 ``/ws``, one WebSocket per tab carrying audio up and frames down (``viewer/PROTOCOL.md``).
 
-Each connection gets a :class:`avatar3d.viewer.session.ViewerSession`; the avatar, scene and prior
-are one :class:`ViewerModel` shared by all. Work per connection is three tasks: the reader checks
+Each connection is a :class:`Connection` around its own
+:class:`avatar3d.viewer.session.ViewerSession`; the avatar, scene and prior are one
+:class:`ViewerModel` shared by all. Work per connection is three tasks: the reader checks
 every message (:mod:`avatar3d.viewer.protocol`) and queues audio and controls in order (a bounded
 queue: a client that sends faster than the server draws is held back by TCP, not buffered); the
 worker feeds them to the session on the one drawing thread, drawing the newest due frame of what
