@@ -37,6 +37,7 @@ setup(
         "scikit-image>=0.22,<1",
         "ninja>=1.11,<2",  # JIT build of the CUDA extension on GPU machines
         "aiohttp>=3.9,<4",  # the viewer's server and WebSocket
+        "pocketsphinx>=5,<6",  # phone alignment for eval's articulation ruler (ships its en-us model)
     ],
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "selenium>=4.20,<5"],  # selenium: the viewer's browser test

@@ -237,6 +237,27 @@ def test_finetune_adapts_output_range(trained, synthetic_sets):
     assert abs(np.diff(span(tuned))[0] - np.diff(true_span)[0]) < abs(np.diff(span(trained))[0] - np.diff(true_span)[0])
 
 
+def test_match_articulation_widens_a_damped_prior_and_keeps_silence(trained, synthetic_sets):
+    """A prior whose output is damped to half its identity's spread gets it back (within the
+    percentile noise); silence still gives exactly the rest pose; a prior is never narrowed."""
+    import copy
+
+    clip = P.load_clip(synthetic_sets[2], split="train")
+    tuned = P.finetune_prior(trained, [synthetic_sets[2]], steps=0, device="cpu", match_spread=False)
+    spread = lambda p: np.diff(np.percentile(P.predict_motion(p, clip.features)[:, P.JAW_OPEN], [5, 95]))[0]  # noqa: E731
+    damped = copy.deepcopy(tuned)
+    with torch.no_grad():
+        damped.scale.mul_(0.5)
+    gains = P.match_articulation(damped, [clip])
+    assert gains.min() >= 1.0 and gains.max() <= P.MAX_ARTICULATION_GAIN
+    assert gains[P.JAW_OPEN] > 1.5
+    assert abs(spread(damped) - spread(tuned)) < 0.25 * spread(tuned)
+    silence = np.full((50, *damped.frame_shape), A.SILENCE_VALUE, np.float32)
+    np.testing.assert_allclose(P.predict_motion(damped, silence), damped.rest.numpy()[None].repeat(50, 0), atol=1e-6)
+    with_match = P.finetune_prior(trained, [synthetic_sets[2]], steps=0, device="cpu")
+    assert len(with_match.train_info["articulation_gain"]) == len(gains)
+
+
 def test_finetuning_is_reproducible_and_leaves_the_global_generator_alone(trained, synthetic_sets):
     """Dropout draws from torch's global generator, which torch seeds at random per process:
     fine-tuning seeds it from its own seed inside and restores it after, so the same call gives

@@ -740,13 +740,15 @@ def finetune_prior(
     device: str | torch.device = "cpu",
     hp: TrainHyper | None = None,
     split: str | None = "train",
+    match_spread: bool = True,
 ) -> AudioMotionPrior:
     """Adapt a (generic) prior to one identity: returns a new prior, ``prior`` is left unchanged.
 
     The output mapping takes the identity's own rest pose and scale (from its tracks), then the net
-    is trained ``steps`` steps on the identity's datasets at a tenth of the training learning rate.
-    Only the frames of ``split`` (default the train split; None = all) are used as targets, so
-    the validation frames stay unseen.
+    is trained ``steps`` steps on the identity's datasets at a tenth of the training learning rate,
+    then (``match_spread``) its output is widened to the identity's articulation
+    (:func:`match_articulation`). Only the frames of ``split`` (default the train split; None = all)
+    are used, so the validation frames stay unseen.
     """
     hp = hp or TrainHyper(steps=steps, lr=2e-4)
     if hp.steps != steps:
@@ -761,7 +763,38 @@ def finetune_prior(
     if steps > 0:
         _fit(tuned, clips, hp, device, progress=False)
     tuned.train_info = {**prior.train_info, "finetuned_on": [c.name for c in clips], "finetune_steps": steps}
+    if match_spread:
+        gains = match_articulation(tuned.eval(), clips)
+        tuned.train_info["articulation_gain"] = [round(float(g), 3) for g in gains]
     return tuned.eval()
+
+
+MAX_ARTICULATION_GAIN = 2.5
+
+
+@torch.no_grad()
+def match_articulation(prior: AudioMotionPrior, clips: Sequence[SpeakerClip]) -> np.ndarray:
+    """Undo the prior's regression to the mean on one identity, in place: per channel, widen the
+    output around the rest pose (``scale`` x gain) so that the spread (p95 - p5) of its predictions
+    on the clips' sounding, tracked frames matches the spread of the tracked codes there. Gains
+    are clamped to [1, MAX_ARTICULATION_GAIN]: the prior is only ever widened, and silence (the
+    gate shut: exactly ``rest``) is untouched. Returns the gains ``[M]``."""
+    pred, true = [], []
+    for clip in clips:
+        motion, valid = shift_tracks(clip.motion, clip.valid, clip.offset)
+        loud = speech_loudness(clip.features)
+        sounding = valid & (loud > prior.config.silence_db[1])
+        if sounding.sum() < 25:
+            continue
+        pred.append(predict_motion(prior, clip.features)[sounding])
+        true.append(motion[sounding])
+    if not pred:
+        return np.ones(prior.scale.shape[0], np.float32)
+    p, t = np.concatenate(pred), np.concatenate(true)
+    spread = lambda x: np.percentile(x, 95, axis=0) - np.percentile(x, 5, axis=0)  # noqa: E731
+    gains = np.clip(spread(t) / np.maximum(spread(p), 1e-4), 1.0, MAX_ARTICULATION_GAIN).astype(np.float32)
+    prior.scale.mul_(torch.from_numpy(gains).to(prior.scale.device))
+    return gains
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,8 +26,17 @@ Cross-driven (``--audio``):
     silence, their max the worst single frame (single frames of a shut rendered mouth scatter by
     about +-0.002, a quarter of a pixel at 512 px: the tracker's resolution on a shut mouth).
 
+Articulation (:mod:`avatar3d.drive.articulation`), under ``articulation`` in ``real_clip`` (the
+clip with its own audio: the ceiling) and ``cross_driven`` (with ``*_vs_real`` ratios): the mouth
+opening's and jawOpen's spread while there is sound, and for English audio (``--language``,
+``--clip-language``) the phone measures: bilabial closure rate against the speaker's closed level
+(the training p10; for the avatar the p10 read at the fit resolution), open-vowel opening within
+the speaker's p5-p95 range, and the mouth's timing at those phones. The self-driven val frames add
+the ratio of the audio-driven opening's spread to the real one's. The loudness correlation
+(``sync_r``) stays, for what it is: a mouth that flaps with loudness scores well on it.
+
 Writes ``-o`` (default RUN/eval.json) and a PNG of mouth opening over time beside it (same name,
-``.png``), both atomically.
+``.png``; bilabials and open vowels marked), both atomically.
 """
 from __future__ import annotations
 
@@ -45,6 +54,7 @@ from avatar3d.core.dataset import DatasetPaths, Label, load_tracks
 from avatar3d.core.runs import RunInfo
 from avatar3d.core.scene import Scene, WindowFrame
 from avatar3d.device import resolve_device
+from avatar3d.drive.articulation import ratio
 from avatar3d.drive.metrics import tracker_upscale
 from avatar3d.drive.sync import pearson
 from avatar3d.drive.val import to_u8
@@ -71,6 +81,10 @@ class EvalConfig:
     away (BENCHMARKS.md, render and eval)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device to render on; auto = cuda when available, else cpu."""
+    language: str = "en"
+    """Language of the driving audio; the phone measures need English ("en") and are left out otherwise."""
+    clip_language: str = "en"
+    """Language of the run's own clip (the real reference's phone measures)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -151,6 +165,9 @@ def self_driven(
     out = {k: metrics.get(k) for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
+    from avatar3d.drive.articulation import opening_spread
+
+    out["opening_spread_ratio_audio_driven"] = ratio(opening_spread(audio_driven), opening_spread(true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
     out.update(shut_val_openings(scene, val_frames, silence_bound, true, tracked, audio_driven, up))
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
@@ -206,6 +223,34 @@ def speech_sync(opening: np.ndarray, envelope: np.ndarray, max_lag: int):
     return lagged_correlation(opening, envelope, max_lag=max_lag)
 
 
+def articulation_of(opening: np.ndarray, envelope: np.ndarray, jaw: np.ndarray, audio16: np.ndarray,
+                    language: str, closed: float | None, lo: float | None, hi: float | None) -> tuple[dict, list]:
+    """:mod:`avatar3d.drive.articulation` on one clip: the opening's and jawOpen's spread over the
+    frames with sound, and the phone measures when the language allows (else why not). opening,
+    envelope (dB), jaw: [N]; closed/lo/hi: the speaker's closed level and p5/p95 opening."""
+    from avatar3d.audio.phones import phone_segments, phones_unavailable_reason
+    from avatar3d.drive.articulation import opening_spread, phone_measures
+
+    n = min(len(opening), len(envelope), len(jaw))
+    sounding = np.asarray(envelope[:n]) >= SILENCE_DB
+    out = {"opening_spread": _num_or_none(opening_spread(opening[:n], sounding)),
+           "jaw_spread": _num_or_none(opening_spread(jaw[:n], sounding))}
+    reason = phones_unavailable_reason(language)
+    if reason is None and None in (closed, lo, hi):
+        reason = "no tracked training frames to set the speaker's closed level and range"
+    phones = []
+    if reason is None:
+        phones = phone_segments(audio16, language)
+        out.update(phone_measures(opening[:n], phones, closed, lo, hi))
+    else:
+        out["phone_measures_skipped"] = reason
+    return out, phones
+
+
+def _num_or_none(v):
+    return None if v is None else _num(v)
+
+
 def real_reference(scene: Scene, max_lag: int, opening: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
     """The measures on the real clip with its own audio, and its torso flicker.
     opening: [N] :func:`tracked_openings` of the clip."""
@@ -237,6 +282,8 @@ def real_reference(scene: Scene, max_lag: int, opening: np.ndarray) -> tuple[dic
         "torso_flicker": _num(acc[0] / acc[1]) if acc[1] else None,
         "train_opening_p10": _nanstat(np.percentile, train_open, 10),
         "train_opening_median": _nanstat(np.median, train_open),
+        "train_opening_p5": _nanstat(np.percentile, train_open, 5),
+        "train_opening_p95": _nanstat(np.percentile, train_open, 95),
         "train_opening_p10_fit_resolution": _nanstat(np.percentile, matched_open, 10),
         "train_frames_fit_resolution": len(matched_open),
     }
@@ -286,11 +333,28 @@ def cross_driven(avatar, scene: Scene, prior, audio16: np.ndarray, device, max_l
         "silent_settled_opening_median": _nanstat(np.median, opening[settled]),
         "silent_settled_opening_max": _nanstat(np.max, opening[settled]),
     }
-    return out, {"cross_opening": opening, "cross_envelope": env}
+    from avatar3d.core.vocab import blendshape_index
+
+    jaw = driven.blendshapes[:, blendshape_index("jawOpen")].numpy()
+    return out, {"cross_opening": opening, "cross_envelope": env, "cross_jaw": jaw}
+
+
+def _label_phones(ax, phones: list, seconds: float) -> None:
+    """Bilabials (red) and open vowels (blue) written under the opening curve, at their centres."""
+    from avatar3d.audio.phones import BILABIALS, OPEN_VOWELS
+
+    for p in phones:
+        if p.centre > seconds or (p.name not in BILABIALS and p.name not in OPEN_VOWELS):
+            continue
+        colour = "C3" if p.name in BILABIALS else "C0"
+        ax.axvspan(p.start, p.end, color=colour, alpha=0.08, lw=0)
+        ax.text(p.centre, 0.02, p.name.lower(), transform=ax.get_xaxis_transform(), fontsize=5, color=colour,
+                ha="center", va="bottom")
 
 
 def write_plot(path: Path, curves: dict[str, np.ndarray], title: str) -> None:
-    """Mouth opening over time: val (true vs rendered), cross-driven and real clip vs envelope."""
+    """Mouth opening over time: val (true vs rendered), cross-driven and real clip vs envelope,
+    with the bilabials and open vowels marked under the curves when phones were found."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,6 +378,7 @@ def write_plot(path: Path, curves: dict[str, np.ndarray], title: str) -> None:
             n = min(len(o), len(e), 25 * 60)  # at most one minute shown
             t = np.arange(n) / 25
             ax.plot(t, o[:n], "C3-", lw=1, label="mouth opening (tracker)")
+            _label_phones(ax, curves.get(f"{key}_phones") or [], n / 25)
             ax2 = ax.twinx()
             ax2.plot(t, e[:n], "C7-", lw=0.7, alpha=0.7, label="speech envelope (dB)")
             ax2.set_ylabel("dB")
@@ -355,6 +420,14 @@ def run_eval(config: EvalConfig) -> dict:
     )
     result["real_clip"] = real
     curves.update(real_curves)
+    from avatar3d.audio.features import load_audio
+    from avatar3d.core.dataset import DatasetPaths
+    from avatar3d.core.vocab import blendshape_index
+
+    lo, hi = real["train_opening_p5"], real["train_opening_p95"]
+    real["articulation"], curves["real_phones"] = articulation_of(
+        clip_opening, real_curves["real_envelope"], scene.motion[:, blendshape_index("jawOpen")].numpy(),
+        load_audio(DatasetPaths(scene.data_dir).audio), config.clip_language, real["train_opening_p10"], lo, hi)
     if audio16 is not None:
         cross, cross_curves = cross_driven(avatar, scene, prior, audio16, device, config.max_lag, config.progress)
         curves.update(cross_curves)
@@ -364,6 +437,16 @@ def run_eval(config: EvalConfig) -> dict:
         if cross["torso_flicker"] is not None and real["torso_flicker"]:
             cross["torso_flicker_vs_real"] = cross["torso_flicker"] / real["torso_flicker"]
         cross["audio"] = str(config.audio)
+        # the avatar's closed level: the training frames' p10 as the tracker reads them at the fit resolution
+        closed = real["train_opening_p10_fit_resolution"]
+        art, curves["cross_phones"] = articulation_of(
+            cross_curves["cross_opening"], cross_curves["cross_envelope"], cross_curves["cross_jaw"], audio16,
+            config.language, closed, lo, hi)
+        ref = real["articulation"]
+        for key in ("opening_spread", "jaw_spread", "bilabial_closure_rate", "open_vowel_opening"):
+            if key in art:
+                art[f"{key}_vs_real"] = ratio(art.get(key), ref.get(key))
+        cross["articulation"] = art
         result["cross_driven"] = cross
     result["seconds"] = round(time.time() - t0, 1)
     write_json(out, result)
@@ -387,6 +470,12 @@ def summary_line(result: dict, out: Path, png: Path) -> str:
         line += (f"; cross sync r {_fmt(c['sync_r'])} at lag {c['sync_lag']} (real {_fmt(real['sync_r'])}"
                  f" at {real['sync_lag']}), torso flicker {_fmt(c['torso_flicker'])} "
                  f"(real {_fmt(real['torso_flicker'])})")
+        art, ref = c.get("articulation", {}), real.get("articulation", {})
+        line += (f", opening spread {_fmt(art.get('opening_spread_vs_real'), 2)}x real")
+        if art.get("bilabial_closure_rate") is not None:
+            line += (f", bilabial closure {_fmt(art['bilabial_closure_rate'], 2)} (real "
+                     f"{_fmt(ref.get('bilabial_closure_rate'), 2)}), open vowels {_fmt(art.get('open_vowel_opening'), 2)}"
+                     f" of the range (real {_fmt(ref.get('open_vowel_opening'), 2)})")
         if c["silent_settled_frames"]:
             line += (f", silent mouth open {_fmt(c['silent_settled_opening_median'], 4)} over "
                      f"{c['silent_settled_frames']} frames (bound: training p10 {_fmt(real['train_opening_p10'], 4)}, "
