@@ -774,26 +774,32 @@ MAX_ARTICULATION_GAIN = 2.5
 
 @torch.no_grad()
 def match_articulation(prior: AudioMotionPrior, clips: Sequence[SpeakerClip]) -> np.ndarray:
-    """Undo the prior's regression to the mean on one identity, in place: per channel, widen the
-    output around the rest pose (``scale`` x gain) so that the spread (p95 - p5) of its predictions
-    on the clips' sounding, tracked frames matches the spread of the tracked codes there. Gains
-    are clamped to [1, MAX_ARTICULATION_GAIN]: the prior is only ever widened, and silence (the
-    gate shut: exactly ``rest``) is untouched. Returns the gains ``[M]``."""
+    """Undo the prior's regression to the mean on one identity, in place: per channel, widen its
+    output around the median of what it predicts while speaking, so that the spread (p95 - p5) of
+    its predictions on the clips' sounding, tracked frames matches the spread of the tracked codes
+    there (frames below the median, such as closures, go further down; open vowels further up).
+    It is an affine change of the output layer, so streaming and offline inference keep agreeing;
+    silence (the gate shut) still gives exactly ``rest``. Gains are clamped to
+    [1, MAX_ARTICULATION_GAIN]: a prior is only ever widened. Returns the gains ``[M]``."""
     pred, true = [], []
     for clip in clips:
         motion, valid = shift_tracks(clip.motion, clip.valid, clip.offset)
         loud = speech_loudness(clip.features)
-        sounding = valid & (loud > prior.config.silence_db[1])
+        sounding = valid & (loud > prior.config.silence_db[1])  # the gate is fully open there
         if sounding.sum() < 25:
             continue
-        pred.append(predict_motion(prior, clip.features)[sounding])
-        true.append(motion[sounding])
+        pred.append(predict_motion(prior, clip.features, normalised=True)[sounding])
+        true.append((motion[sounding] - prior.rest.cpu().numpy()) / prior.scale.cpu().numpy())
     if not pred:
         return np.ones(prior.scale.shape[0], np.float32)
-    p, t = np.concatenate(pred), np.concatenate(true)
+    u, t = np.concatenate(pred), np.concatenate(true)  # normalised units
     spread = lambda x: np.percentile(x, 95, axis=0) - np.percentile(x, 5, axis=0)  # noqa: E731
-    gains = np.clip(spread(t) / np.maximum(spread(p), 1e-4), 1.0, MAX_ARTICULATION_GAIN).astype(np.float32)
-    prior.scale.mul_(torch.from_numpy(gains).to(prior.scale.device))
+    gains = np.clip(spread(t) / np.maximum(spread(u), 1e-4), 1.0, MAX_ARTICULATION_GAIN).astype(np.float32)
+    centre = np.median(u, axis=0).astype(np.float32)
+    g, c = torch.from_numpy(gains), torch.from_numpy(centre)
+    dev = prior.out.weight.device
+    prior.out.weight.mul_(g.to(dev)[:, None, None])  # u' = g u + (1 - g) centre
+    prior.out.bias.copy_(g.to(dev) * prior.out.bias + (1 - g.to(dev)) * c.to(dev))
     return gains
 
 
