@@ -73,3 +73,24 @@ def test_aligner_finds_phones_in_english_speech(shared_data, tmp_path, monkeypat
     assert all(a.end <= b.start + 1e-6 for a, b in zip(phones, phones[1:]))  # in order, no overlap
     assert len(list((tmp_path / "avatar3d" / "phones").glob("*.json"))) == 1
     assert phone_segments(audio) == phones  # from the cache
+
+
+def test_bilabial_weights_mark_the_aligned_p_b_m(shared_data, tmp_path, monkeypatch):
+    """Fine-tuning's closure weights sit on the frames of the /p b m/ the aligner finds."""
+    import soundfile as sf
+
+    from avatar3d.audio.features import load_audio
+    from avatar3d.audio.phones import BILABIALS
+    from avatar3d.audio.prior import bilabial_weights
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    audio = load_audio(shared_data / "audio" / "hdtf_RD_Radio31_000_8s.wav")
+    (tmp_path / "d").mkdir()
+    sf.write(str(tmp_path / "d" / "audio.wav"), audio, 16000, subtype="PCM_16")
+    n = len(audio) // 640
+    w = bilabial_weights(tmp_path / "d", n, 3.0)
+    assert set(np.unique(w)) == {1.0, 4.0}
+    phones = phone_segments(load_audio(tmp_path / "d" / "audio.wav"))
+    for p in phones:
+        if p.name in BILABIALS:
+            assert w[min(n - 1, int(p.centre * 25))] == 4.0

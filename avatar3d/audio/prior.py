@@ -52,7 +52,7 @@ import json
 import math
 import pickle
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Sequence, Union
 
@@ -63,7 +63,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from avatar3d.audio import features as A
-from avatar3d.core.dataset import DatasetPaths, load_tracks, read_manifest
+from avatar3d.core.dataset import FPS, DatasetPaths, load_tracks, read_manifest
 from avatar3d.core.vocab import BLENDSHAPE_NAMES, SPEECH_CHANNELS, SPEECH_INDEX
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
@@ -402,6 +402,7 @@ class SpeakerClip:
     rest: np.ndarray  # [M] closed-mouth pose of this speaker
     scale: np.ndarray  # [M] per-channel std (>= MIN_SCALE)
     offset: int = 0  # measured audio delay behind the mouth, frames (see av_offset)
+    weight: np.ndarray | None = None  # [N] float32 loss weight per (audio-aligned) frame; None = 1
 
     @property
     def num_frames(self) -> int:
@@ -562,7 +563,8 @@ def _white_noise_mel() -> np.ndarray:
 def _batch(
     clips: Sequence[SpeakerClip], prior: AudioMotionPrior, hp: TrainHyper, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One augmented batch: features [B, T + R - 1, 4, 80], targets [B, T, M], mask [B, T].
+    """One augmented batch: features [B, T + R - 1, 4, 80], targets [B, T, M], and the loss weight
+    of each target frame [B, T] (0 = no target; the clip's ``weight``, else 1).
 
     Augmentation works on mel power (``10 ** (4 x - 4)``): a gain scales it, white noise and
     silence are their expected mel power (exact for digital silence and gain above the floor).
@@ -582,11 +584,12 @@ def _batch(
         if a1 > a0:
             x[a0 - f0 : a1 - f0] = c.features[a0:a1]
         tgt = np.zeros((t, len(SPEECH_CHANNELS)), np.float32)
-        mask = np.ones(t, bool)  # frames outside the clip are silent: rest pose
+        mask = np.ones(t, np.float32)  # frames outside the clip are silent: rest pose
         o0, o1 = max(start, 0), min(start + t, c.num_frames)
         if o1 > o0:
             tgt[o0 - start : o1 - start] = norm_targets[o0:o1]
-            mask[o0 - start : o1 - start] = target_valid[o0:o1]
+            w = c.weight[o0:o1] if c.weight is not None else 1.0
+            mask[o0 - start : o1 - start] = target_valid[o0:o1] * w
         power = np.where(x > A.SILENCE_VALUE, 10.0 ** (4.0 * x - 4.0), 0.0)  # [T', 4, 80]
         power *= 10 ** (rng.uniform(-hp.gain_db, hp.gain_db) / 10)
         bands = np.arange(power.shape[-1], dtype=np.float64)
@@ -608,7 +611,7 @@ def _batch(
                 power[i0:i1] = 10 ** (rng.uniform(-100, -60) / 10) * noise
             q0, q1 = max(s0, 0), min(s0 + length, t)
             tgt[q0:q1] = 0.0
-            mask[q0:q1] = True
+            mask[q0:q1] = 1.0
         feats.append((np.log10(np.maximum(power, A.LOG_FLOOR)) + 4.0) / 4.0)
         targets.append(tgt)
         masks.append(mask)
@@ -741,14 +744,17 @@ def finetune_prior(
     hp: TrainHyper | None = None,
     split: str | None = "train",
     match_spread: bool = True,
+    closure_weight: float = 0.0,
 ) -> AudioMotionPrior:
     """Adapt a (generic) prior to one identity: returns a new prior, ``prior`` is left unchanged.
 
     The output mapping takes the identity's own rest pose and scale (from its tracks), then the net
     is trained ``steps`` steps on the identity's datasets at a tenth of the training learning rate,
     then (``match_spread``) its output is widened to the identity's articulation
-    (:func:`match_articulation`). Only the frames of ``split`` (default the train split; None = all)
-    are used, so the validation frames stay unseen.
+    (:func:`match_articulation`). With ``closure_weight`` > 0 the frames of the identity's /p b m/
+    (phones aligned on its English audio, :func:`bilabial_weights`) weigh ``1 + closure_weight``
+    in the loss. Only the frames of ``split`` (default the train split; None = all) are used, so
+    the validation frames stay unseen.
     """
     hp = hp or TrainHyper(steps=steps, lr=2e-4)
     if hp.steps != steps:
@@ -756,6 +762,9 @@ def finetune_prior(
     clips = [load_clip(Path(d), prior.config.encoder, hp.max_offset, split) for d in dataset_dirs]
     if not clips:
         raise UserError("no datasets given to fine-tune the prior on")
+    if closure_weight > 0:
+        clips = [replace(c, weight=bilabial_weights(Path(d), c.num_frames, closure_weight))
+                 for c, d in zip(clips, dataset_dirs)]
     tuned = copy.deepcopy(prior).to(device)
     with torch.no_grad():
         tuned.rest.copy_(torch.from_numpy(np.mean([c.rest for c in clips], 0)))
@@ -770,6 +779,19 @@ def finetune_prior(
 
 
 MAX_ARTICULATION_GAIN = 2.5
+
+
+def bilabial_weights(root: Path, num_frames: int, extra: float) -> np.ndarray:
+    """``[N]`` loss weights of a dataset's frames: ``1 + extra`` on its /p b m/ segments (+- 1
+    frame, phones aligned on audio.wav: English only, see :mod:`avatar3d.audio.phones`), 1 elsewhere."""
+    from avatar3d.audio.phones import BILABIALS, phone_segments
+
+    weights = np.ones(num_frames, np.float32)
+    for p in phone_segments(A.load_audio(DatasetPaths(Path(root)).audio)):
+        if p.name in BILABIALS:
+            a, b = max(0, int(np.floor(p.start * FPS)) - 1), min(num_frames, int(np.ceil(p.end * FPS)) + 1)
+            weights[a:b] = 1.0 + extra
+    return weights
 
 
 @torch.no_grad()

@@ -101,6 +101,10 @@ class FitParams:
     prior_finetune_steps: int = 300
     """Steps fine-tuning the shipped audio-to-motion prior on this identity's train split
     (written to RUN/prior.pt, used by render/eval); 0 = keep the generic prior."""
+    prior_closure_weight: float = 0.0
+    """Extra loss weight of the clip's /p b m/ frames in that fine-tuning (phones aligned on its
+    audio: English clips only); 0 = off. 4 gave a few more closures on the CNN clip (BENCHMARKS.md,
+    articulation)."""
     seed: int = 0
     """Seed of this fit's random generator (frame order, initialisation, splits)."""
     backend: Backend = "auto"
