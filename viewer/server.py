@@ -234,7 +234,7 @@ async def ws_handler(request):
 def _free_device_memory(model) -> None:
     import torch
 
-    if getattr(model, "device", None) is not None and model.device.type == "cuda":
+    if model.device.type == "cuda":
         torch.cuda.empty_cache()
 
 

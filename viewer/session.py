@@ -237,7 +237,7 @@ class ViewerSession:
 
     def __init__(self, model: ViewerModel):
         self.model = model
-        self.view = View(resolution=model.scene.frame_size if model.scene.frame_size in model.resolutions else 512)
+        self.view = View(resolution=model.scene.frame_size)  # one of model.resolutions
         self.mode: str | None = None
         self._stream = None
         self._next_k = 0

@@ -54,7 +54,7 @@ from avatar3d.core.dataset import DatasetPaths, Label, load_tracks
 from avatar3d.core.runs import RunInfo
 from avatar3d.core.scene import Scene, WindowFrame
 from avatar3d.device import resolve_device
-from avatar3d.drive.articulation import ratio
+from avatar3d.drive.articulation import opening_spread, phone_measures, ratio
 from avatar3d.drive.metrics import tracker_upscale
 from avatar3d.drive.sync import pearson
 from avatar3d.drive.val import to_u8
@@ -133,13 +133,13 @@ class StreamedOpenings:
 
 
 def self_driven(
-    avatar, scene: Scene, val_frames: dict[int, WindowFrame], prior, device, silence_bound: float | None
+    avatar, scene: Scene, val_frames: dict[int, WindowFrame], prior, device, silence_bound: float | None,
+    clip_audio: np.ndarray,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Val-split metrics (see module docstring) and the opening curves for the plot.
     val_frames: the val frames in the window; silence_bound: the training frames'
     10th-percentile opening (:func:`real_reference`'s ``train_opening_p10``), None where no
-    training frame has a face."""
-    from avatar3d.audio.features import load_audio
+    training frame has a face; clip_audio: the dataset's 16 kHz audio [S]."""
     from avatar3d.core.avatar import composite
     from avatar3d.drive.render import Driven, audio_features_for, motion_from_audio, render_heads
     from avatar3d.drive.sync import mouth_opening
@@ -151,10 +151,9 @@ def self_driven(
     tracked = openings_of([to_u8(p) for p in preds], up)
 
     # the same val frames driven by the clip's own audio through the prior
-    audio16 = load_audio(DatasetPaths(scene.data_dir).audio)
     n = scene.motion.shape[0]
-    bs = motion_from_audio(prior, audio16, n, scene.motion.numpy())  # [N, 52]
-    feats = audio_features_for(avatar, audio16, n)
+    bs = motion_from_audio(prior, clip_audio, n, scene.motion.numpy())  # [N, 52]
+    feats = audio_features_for(avatar, clip_audio, n)
     val = np.asarray(scene.val)
     driven = Driven(val, torch.from_numpy(bs[val]), None if feats is None else feats[val])
     frames = []
@@ -165,8 +164,6 @@ def self_driven(
     out = {k: metrics.get(k) for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
-    from avatar3d.drive.articulation import opening_spread
-
     out["opening_spread_ratio_audio_driven"] = ratio(opening_spread(audio_driven), opening_spread(true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
     out.update(shut_val_openings(scene, val_frames, silence_bound, true, tracked, audio_driven, up))
@@ -229,7 +226,6 @@ def articulation_of(opening: np.ndarray, envelope: np.ndarray, jaw: np.ndarray, 
     frames with sound, and the phone measures when the language allows (else why not). opening,
     envelope (dB), jaw: [N]; closed/lo/hi: the speaker's closed level and p5/p95 opening."""
     from avatar3d.audio.phones import phone_segments, phones_unavailable_reason
-    from avatar3d.drive.articulation import opening_spread, phone_measures
 
     n = min(len(opening), len(envelope), len(jaw))
     sounding = np.asarray(envelope[:n]) >= SILENCE_DB
@@ -251,15 +247,18 @@ def _num_or_none(v):
     return None if v is None else _num(v)
 
 
-def real_reference(scene: Scene, max_lag: int, opening: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
-    """The measures on the real clip with its own audio, and its torso flicker.
-    opening: [N] :func:`tracked_openings` of the clip."""
-    from avatar3d.audio.features import load_audio
+def real_reference(
+    scene: Scene, max_lag: int, opening: np.ndarray, clip_audio: np.ndarray, language: str
+) -> tuple[dict, dict]:
+    """The measures on the real clip with its own audio (sync, articulation: its ceiling), and its
+    torso flicker. opening: [N] :func:`tracked_openings` of the clip; clip_audio: its 16 kHz audio
+    [S]; language: the clip's (phone measures need English)."""
     from avatar3d.core.scene import WindowCropper, iter_dataset_frames, read_plate
+    from avatar3d.core.vocab import blendshape_index
     from avatar3d.drive.render import paste
     from avatar3d.drive.sync import speech_envelope
 
-    env = speech_envelope(load_audio(DatasetPaths(scene.data_dir).audio))
+    env = speech_envelope(clip_audio)
     lc = speech_sync(opening, env, max_lag)
     # training frames as the avatar shows them: the head window at the fit resolution, pasted back
     sampled = set(np.asarray(scene.train)[:: max(1, len(scene.train) // MATCHED_TRAIN_FRAMES)].tolist())
@@ -287,7 +286,10 @@ def real_reference(scene: Scene, max_lag: int, opening: np.ndarray) -> tuple[dic
         "train_opening_p10_fit_resolution": _nanstat(np.percentile, matched_open, 10),
         "train_frames_fit_resolution": len(matched_open),
     }
-    return out, {"real_opening": opening, "real_envelope": env}
+    out["articulation"], phones = articulation_of(
+        opening, env, scene.motion[:, blendshape_index("jawOpen")].numpy(), clip_audio, language,
+        out["train_opening_p10"], out["train_opening_p5"], out["train_opening_p95"])
+    return out, {"real_opening": opening, "real_envelope": env, "real_phones": phones}
 
 
 def cross_driven(avatar, scene: Scene, prior, audio16: np.ndarray, device, max_lag: int, progress: bool):
@@ -395,6 +397,7 @@ def write_plot(path: Path, curves: dict[str, np.ndarray], title: str) -> None:
 
 
 def run_eval(config: EvalConfig) -> dict:
+    from avatar3d.audio.features import load_audio
     from avatar3d.core.avatar import load_avatar
     from avatar3d.core.runs import open_run
     from avatar3d.core.scene import load_run_scene, window_frames
@@ -414,20 +417,13 @@ def run_eval(config: EvalConfig) -> dict:
     result: dict = {"run": str(info.run), "dataset": str(info.data),
                     "prior": str(prior_path) if prior_path else "shipped"}
     clip_opening = tracked_openings(load_tracks(info.data))  # [N] the real clip's, from its tracks
-    real, real_curves = real_reference(scene, config.max_lag, clip_opening)
+    clip_audio = load_audio(DatasetPaths(scene.data_dir).audio)  # read once: sync, articulation, self-driven
+    real, real_curves = real_reference(scene, config.max_lag, clip_opening, clip_audio, config.clip_language)
     result["self_driven"], curves = self_driven(
-        avatar, scene, window_frames(scene, scene.val), prior, device, real["train_opening_p10"]
+        avatar, scene, window_frames(scene, scene.val), prior, device, real["train_opening_p10"], clip_audio
     )
     result["real_clip"] = real
     curves.update(real_curves)
-    from avatar3d.audio.features import load_audio
-    from avatar3d.core.dataset import DatasetPaths
-    from avatar3d.core.vocab import blendshape_index
-
-    lo, hi = real["train_opening_p5"], real["train_opening_p95"]
-    real["articulation"], curves["real_phones"] = articulation_of(
-        clip_opening, real_curves["real_envelope"], scene.motion[:, blendshape_index("jawOpen")].numpy(),
-        load_audio(DatasetPaths(scene.data_dir).audio), config.clip_language, real["train_opening_p10"], lo, hi)
     if audio16 is not None:
         cross, cross_curves = cross_driven(avatar, scene, prior, audio16, device, config.max_lag, config.progress)
         curves.update(cross_curves)
@@ -441,7 +437,7 @@ def run_eval(config: EvalConfig) -> dict:
         closed = real["train_opening_p10_fit_resolution"]
         art, curves["cross_phones"] = articulation_of(
             cross_curves["cross_opening"], cross_curves["cross_envelope"], cross_curves["cross_jaw"], audio16,
-            config.language, closed, lo, hi)
+            config.language, closed, real["train_opening_p5"], real["train_opening_p95"])
         ref = real["articulation"]
         for key in ("opening_spread", "jaw_spread", "bilabial_closure_rate", "open_vowel_opening"):
             if key in art:
