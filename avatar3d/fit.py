@@ -300,7 +300,7 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
         work.mkdir(parents=True)
         trainer = field.Trainer.start(data, params, device, paths)
         fsutil.write_json(paths.config, {"fit": _config_json(config), "params": params.to_json()})
-        write_scene_file(paths.scene, data.window)
+        write_scene_file(paths.scene, data.window, data.neck_reach)
 
     log = LossLog(paths.losses, params.log_every, _start_wandb(config, params, out) if config.wandb else None)
     deadline = t0 + 60 * config.max_minutes if config.max_minutes > 0 else math.inf

@@ -103,12 +103,12 @@ def main(cfg: BenchConfig) -> dict:
 def composite_fps(avatar, cfg: BenchConfig, device: torch.device) -> dict:
     """Frames per second of whole output frames (see module docstring)."""
     from avatar3d.core.runs import open_run
-    from avatar3d.core.scene import load_run_scene, read_plate
+    from avatar3d.core.scene import load_run_scene
     from avatar3d.drive.render import FrameBases, paste
 
     scene = load_run_scene(open_run(cfg.run), avatar.audio_features)
     val = [int(i) for i in scene.val]
-    bases = FrameBases(scene.data_dir, np.array(val), read_plate(scene.data_dir, scene.frame_size))
+    bases = FrameBases(scene, np.array(val))
     images = {i: bases[i].image for i in val}  # decoded before timing
 
     def frame(k: int) -> np.ndarray:

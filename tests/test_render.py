@@ -175,10 +175,19 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert real["train_frames_fit_resolution"] > 0 and real["train_opening_p10_fit_resolution"] is not None
     png = cv2.imread(str(out.with_suffix(".png")))
     assert png is not None and png.shape[0] > 300 and png.shape[1] > 600
+    # seams of the val frames and of the cross-driven frames, and their contact sheet
+    for part, frames in ((s, s["frames"]), (c, 30)):
+        seams = part["seams"]
+        assert seams["frames"] == frames and seams["seam_ratio"] > 0
+        assert seams["ghost_frames"] <= frames and seams["hole_frames"] <= frames
+    assert 0 <= c["codes_out_of_training_range_frames"] <= 30
+    sheet = cv2.imread(str(tmp_path / "eval_seams.png"))
+    assert sheet is not None and sheet.shape[0] > 4 * 256
     # the printed line puts the silent mouth beside its bound; None-safe, no clause without silence
     line = summary_line(result, out, out.with_suffix(".png"))
     assert f"silent mouth open {c['silent_settled_opening_median']:.4f} over {c['silent_settled_frames']} frames" in line
     assert f"training p10 {real['train_opening_p10']:.4f}, {real['train_opening_p10_fit_resolution']:.4f} at" in line
+    assert f"seam {c['seams']['seam_ratio']:.2f}x, ghost" in line
     quiet = {**result, "cross_driven": {**c, "silent_settled_frames": 0}, "self_driven": {**s, "lmd_px": None}}
     line = summary_line(quiet, out, out.with_suffix(".png"))
     assert "silent mouth" not in line and "LMD n/a px" in line

@@ -117,7 +117,7 @@ class ViewerModel:
         from avatar3d.audio.prior import PriorStream
         from avatar3d.core.avatar import load_avatar
         from avatar3d.core.runs import open_run
-        from avatar3d.core.scene import load_run_scene, read_plate
+        from avatar3d.core.scene import load_run_scene
         from avatar3d.drive.render import FrameBases, load_run_prior
 
         if idle_frames < 1:
@@ -135,7 +135,7 @@ class ViewerModel:
         PriorStream(self.prior)  # UserError now, not per session, when its encoder cannot stream
         self.loop = self.scene.train[:idle_frames]  # [L] dataset frames the idle motion walks
         size = self.scene.frame_size
-        self.bases = FrameBases(self.scene.data_dir, self.loop, read_plate(self.scene.data_dir, size))
+        self.bases = FrameBases(self.scene, self.loop)
         self.yaw_limit, self.pitch_limit = turn_limits(self.scene.R[self.loop].numpy())
         w = self.scene.window
         self.zoom_limit = float(max(1.0, min(4.0, size / w.side)))

@@ -35,8 +35,14 @@ the speaker's p5-p95 range, and the mouth's timing at those phones. The self-dri
 the ratio of the audio-driven opening's spread to the real one's. The loudness correlation
 (``sync_r``) stays, for what it is: a mouth that flaps with loudness scores well on it.
 
-Writes ``-o`` (default RUN/eval.json) and a PNG of mouth opening over time beside it (same name,
-``.png``; bilabials and open vowels marked), both atomically.
+Seams (:mod:`avatar3d.drive.seams`), under ``seams`` in ``self_driven`` (the val frames driven by
+their tracked motion) and ``cross_driven``: the seam ratio along the jaw and neck, the ghost area
+(the base frame's head left uncovered), the hole share of the upper face, composited as render
+composites; cross-driven adds how many frames' motion codes left the training range.
+
+Writes ``-o`` (default RUN/eval.json), a PNG of mouth opening over time beside it (same name,
+``.png``; bilabials and open vowels marked) and a contact sheet of the worst frames for seams and
+ghosts (``NAME_seams.png``), all atomically.
 """
 from __future__ import annotations
 
@@ -142,6 +148,7 @@ def self_driven(
     training frame has a face; clip_audio: the dataset's 16 kHz audio [S]."""
     from avatar3d.core.avatar import composite
     from avatar3d.drive.render import Driven, audio_features_for, motion_from_audio, render_heads
+    from avatar3d.drive.seams import codes_out_of_range, poses_out_of_range
     from avatar3d.drive.sync import mouth_opening
     from avatar3d.drive.val import val_metrics
 
@@ -167,8 +174,29 @@ def self_driven(
     out["opening_spread_ratio_audio_driven"] = ratio(opening_spread(audio_driven), opening_spread(true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
     out.update(shut_val_openings(scene, val_frames, silence_bound, true, tracked, audio_driven, up))
-    curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven}
+    seams = val_seams(avatar, scene, device)
+    out["seams"] = seams.result()
+    train = np.asarray(scene.train)
+    out["seams"]["codes_out_of_training_range_frames"] = codes_out_of_range(
+        scene.motion[val].numpy(), scene.motion[train].numpy())
+    out["seams"]["poses_out_of_training_range_frames"] = poses_out_of_range(scene.R[val].numpy(), scene.R[train].numpy())
+    curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven, "val_seams": seams}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
+
+
+def val_seams(avatar, scene: Scene, device):
+    """:mod:`avatar3d.drive.seams` on the val frames driven by their tracked motion, composited as
+    render composites (at the dataset's frame size): a :class:`~avatar3d.drive.seams.SeamMeter`."""
+    from avatar3d.drive.render import Driven, FrameBases, render_composites
+    from avatar3d.drive.seams import SeamMeter, measure_composites
+
+    val = np.asarray(scene.val)
+    driven = Driven(val, scene.motion[val], None if scene.audio is None else scene.audio[val])
+    bases = FrameBases(scene, val, keep_frames=True)
+    meter = SeamMeter(scene.frame_size)
+    for _ in measure_composites(meter, scene, bases, render_composites(avatar, scene, driven, bases, device)):
+        pass
+    return meter
 
 
 def tracked_openings(tracks: dict) -> np.ndarray:
@@ -296,19 +324,21 @@ def cross_driven(avatar, scene: Scene, prior, audio16: np.ndarray, device, max_l
     """Render the audio as `avatar3d render` would; tracker, sync and torso flicker on the frames."""
     from tqdm import tqdm
 
-    from avatar3d.core.scene import read_plate
-    from avatar3d.drive.render import FrameBases, drive, num_output_frames, render_frames
+    from avatar3d.drive.render import FrameBases, drive, num_output_frames, render_composites
+    from avatar3d.drive.seams import SeamMeter, codes_out_of_range, measure_composites
     from avatar3d.drive.sync import speech_envelope
 
     num = num_output_frames(len(audio16))
     driven = drive(avatar, scene, prior, audio16, num, "clip")
-    bases = FrameBases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, scene.frame_size))
+    bases = FrameBases(scene, driven.trajectory, keep_frames=True)
     openings = StreamedOpenings()
+    meter = SeamMeter(scene.frame_size)
     acc = [0.0, 0]
     prev = prev_m = None
     bar = tqdm(total=num, disable=not progress, desc="eval", unit="frame", dynamic_ncols=True)
-    for i, frame in zip(driven.trajectory, render_frames(avatar, scene, driven, bases, device)):
-        m = bases[int(i)].labels == Label.TORSO
+    composites = measure_composites(meter, scene, bases, render_composites(avatar, scene, driven, bases, device))
+    for i, frame, _ in composites:
+        m = bases[i].labels == Label.TORSO
         _flicker_accumulate(prev, frame, prev_m, m, acc)
         prev, prev_m = frame, m
         openings.add(frame)
@@ -334,11 +364,14 @@ def cross_driven(avatar, scene: Scene, prior, audio16: np.ndarray, device, max_l
         "silent_settled_frames": int(settled.sum()),
         "silent_settled_opening_median": _nanstat(np.median, opening[settled]),
         "silent_settled_opening_max": _nanstat(np.max, opening[settled]),
+        "seams": meter.result(),
+        "codes_out_of_training_range_frames": codes_out_of_range(
+            driven.blendshapes.numpy(), scene.motion[np.asarray(scene.train)].numpy()),
     }
     from avatar3d.core.vocab import blendshape_index
 
     jaw = driven.blendshapes[:, blendshape_index("jawOpen")].numpy()
-    return out, {"cross_opening": opening, "cross_envelope": env, "cross_jaw": jaw}
+    return out, {"cross_opening": opening, "cross_envelope": env, "cross_jaw": jaw, "cross_seams": meter}
 
 
 def _label_phones(ax, phones: list, seconds: float) -> None:
@@ -402,6 +435,7 @@ def run_eval(config: EvalConfig) -> dict:
     from avatar3d.core.runs import open_run
     from avatar3d.core.scene import load_run_scene, window_frames
     from avatar3d.drive.render import check_output, load_driving_audio, load_run_prior
+    from avatar3d.drive.seams import write_sheets
     from avatar3d.fsutil import write_json
 
     t0 = time.time()
@@ -447,7 +481,11 @@ def run_eval(config: EvalConfig) -> dict:
     result["seconds"] = round(time.time() - t0, 1)
     write_json(out, result)
     png = out.with_suffix(".png")
+    sheets = [curves.pop(k).sheet(f"{info.run.name}: {label}")
+              for k, label in (("val_seams", "val frames, tracked motion"), ("cross_seams", "cross-driven"))
+              if k in curves]
     write_plot(png, curves, f"{info.run.name}: mouth opening over time")
+    write_sheets(out.with_name(out.stem + "_seams.png"), sheets)
 
     print(summary_line(result, out, png))
     return result
@@ -460,13 +498,15 @@ def summary_line(result: dict, out: Path, png: Path) -> str:
             f"LMD {_fmt(s['lmd_px'], 2)} px, mouth r "
             f"{_fmt(s['mouth_opening_r_tracked_motion'])} (tracked) / {_fmt(s['mouth_opening_r_audio_driven'])} (audio), "
             f"shut val mouths open {_fmt(s['shut_opening_tracked_motion'], 4)} (real at this resolution "
-            f"{_fmt(s['shut_opening_truth_fit_resolution'], 4)}, {s['shut_val_frames']} frames)")
+            f"{_fmt(s['shut_opening_truth_fit_resolution'], 4)}, {s['shut_val_frames']} frames)"
+            f"{_seams_clause(s.get('seams'))}")
     if "cross_driven" in result:
         c, real = result["cross_driven"], result["real_clip"]
         line += (f"; cross sync r {_fmt(c['sync_r'])} at lag {c['sync_lag']} (real {_fmt(real['sync_r'])}"
                  f" at {real['sync_lag']}), torso flicker {_fmt(c['torso_flicker'])} "
                  f"(real {_fmt(real['torso_flicker'])})")
         art, ref = c.get("articulation", {}), real.get("articulation", {})
+        line += _seams_clause(c.get("seams"))
         line += (f", opening spread {_fmt(art.get('opening_spread_vs_real'), 2)}x real")
         if art.get("bilabial_closure_rate") is not None:
             line += (f", bilabial closure {_fmt(art['bilabial_closure_rate'], 2)} (real "
@@ -477,6 +517,13 @@ def summary_line(result: dict, out: Path, png: Path) -> str:
                      f"{c['silent_settled_frames']} frames (bound: training p10 {_fmt(real['train_opening_p10'], 4)}, "
                      f"{_fmt(real['train_opening_p10_fit_resolution'], 4)} at this resolution)")
     return line + f"; plot {png}"
+
+
+def _seams_clause(seams: dict | None) -> str:
+    if not seams or not seams.get("frames"):
+        return ""
+    return (f", seam {_fmt(seams['seam_ratio'], 2)}x, ghost {seams['ghost_head_area_px_mean']:.0f} px "
+            f"({seams['ghost_frames']} frames), holes in {seams['hole_frames']} frames")
 
 
 def _fmt(v, digits: int = 3) -> str:

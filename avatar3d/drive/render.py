@@ -6,11 +6,12 @@ blendshapes. The other blendshapes (blinks, brows, gaze) and the head pose come 
 of the training clip: ``--pose clip`` walks the tracked training frames forward and back
 (ping-pong) for as long as the audio lasts, ``--pose still`` holds one frame's pose.
 
-Each frame: the avatar (:func:`avatar3d.core.avatar.load_avatar`, any field) drawn at the fit window's resolution -> upsampled to the window's size in
-the dataset frame -> composited (premultiplied alpha) over that trajectory frame's own torso and
-background (the dataset frame outside the head, the background plate inside it; ``--background
-IMAGE`` also replaces the pixels labelled background). The torso therefore moves exactly as it
-moved with that head pose in the real clip. Frames go to an H.264 mp4 at 25 fps with the audio
+Each frame: the avatar (:func:`avatar3d.core.avatar.load_avatar`, any field) drawn at the fit
+window's resolution -> upsampled to the window's size in the dataset frame -> composited
+(premultiplied alpha) over that trajectory frame's base (:func:`avatar3d.core.scene.compose_base`:
+its own torso and background, the plate where its head was, its neck carried up where the avatar
+draws the neck; ``--background IMAGE`` also replaces the pixels labelled background). The torso
+therefore moves exactly as it moved with that head pose in the real clip. Frames go to an H.264 mp4 at 25 fps with the audio
 muxed as AAC; frame count = round(audio duration x 25), audio padded/trimmed to the same length.
 The mp4 is written atomically.
 """
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from avatar3d.core.dataset import AUDIO_RATE, FPS, HEAD_LABELS, SAMPLES_PER_FRAME, Label
+from avatar3d.core.dataset import AUDIO_RATE, FPS, SAMPLES_PER_FRAME
 from avatar3d.core.runs import RunPaths
 from avatar3d.core.scene import Scene, Window, frame_conditioning, iter_dataset_frames
 from avatar3d.device import resolve_device
@@ -189,20 +190,27 @@ def audio_features_for(avatar, audio16: np.ndarray, num: int) -> torch.Tensor | 
 class FrameBase:
     """What one output frame is composited over, at the dataset's frame size."""
 
-    image: np.ndarray  # [H, W, 3] uint8: the frame outside the head, plate (or --background) inside
+    image: np.ndarray  # [H, W, 3] uint8: the base (:func:`avatar3d.core.scene.compose_base`)
     labels: np.ndarray  # [H, W] uint8 label map of that dataset frame
+    landmarks: np.ndarray  # [478, 2] its tracked landmarks (dataset pixels)
+    frame: np.ndarray | None = None  # [H, W, 3] uint8 the dataset frame itself, when asked for
 
 
 class FrameBases:
-    """The composite bases of the dataset frames in ``indices``, decoded on first use: ``bases[i]``
-    decodes the clip forward up to frame i (once, in one pass: earlier wanted frames are kept on
-    the way), so the first output frame does not wait for the whole trajectory. ``background``
-    (``[H, W, 3] uint8``, optional) replaces the pixels labelled background."""
+    """The composite bases of a scene's dataset frames in ``indices``, decoded on first use:
+    ``bases[i]`` decodes the clip forward up to frame i (once, in one pass: earlier wanted frames
+    are kept on the way), so the first output frame does not wait for the whole trajectory.
+    ``background`` (``[H, W, 3] uint8``, optional) replaces the pixels labelled background;
+    ``keep_frames`` keeps each dataset frame beside its base (for measures against it)."""
 
-    def __init__(self, data_dir: Path, indices: np.ndarray, plate: np.ndarray, background: np.ndarray | None = None):
-        self._frames = iter_dataset_frames(data_dir, np.unique(indices))
-        self._plate, self._background = plate, background
-        self._heads = np.array(HEAD_LABELS, np.uint8)
+    def __init__(self, scene: Scene, indices: np.ndarray, background: np.ndarray | None = None,
+                 keep_frames: bool = False):
+        from avatar3d.core.scene import read_plate
+
+        self._scene = scene
+        self._frames = iter_dataset_frames(scene.data_dir, np.unique(indices))
+        self._plate, self._background = read_plate(scene.data_dir, scene.frame_size), background
+        self._keep = keep_frames
         self._done: dict[int, FrameBase] = {}
 
     def __getitem__(self, i: int) -> FrameBase:
@@ -211,57 +219,48 @@ class FrameBases:
                 j, frame, labels = next(self._frames)
             except StopIteration:
                 raise KeyError(f"frame {i} is not one of the bases asked for") from None
-            self._done[j] = self._base(frame, labels)
+            self._done[j] = self._base(j, frame, labels)
         return self._done[i]
 
-    def _base(self, frame: np.ndarray, labels: np.ndarray) -> FrameBase:
-        head = np.isin(labels, self._heads)
-        base = np.where(head[..., None], self._plate, frame)
-        if self._background is not None:
-            base = np.where((head | (labels == Label.BACKGROUND))[..., None], self._background, base)
-        extend_neck(base, frame, labels, head)
-        return FrameBase(np.ascontiguousarray(base), labels)
+    def _base(self, i: int, frame: np.ndarray, labels: np.ndarray) -> FrameBase:
+        from avatar3d.core.scene import compose_base
+
+        lm = self._scene.frame_landmarks(i)
+        base = compose_base(frame, labels, lm, self._plate, self._scene.neck_reach, self._background)
+        return FrameBase(base, labels, lm, frame if self._keep else None)
 
 
-def extend_neck(base: np.ndarray, frame: np.ndarray, labels: np.ndarray, head: np.ndarray) -> None:
-    """Carry the neck up into the head region just above it, in place: ``base`` [H, W, 3].
-
-    The head mask belongs to the trajectory frame's mouth; when the new audio closes the jaw
-    further, the rendered chin no longer reaches the mask's lower edge and the plate (background)
-    would show as a seam between chin and neck. Head pixels within ~5 % of the frame above the
-    torso/neck take, per column, the colour of the neck just below them.
-    """
-    import cv2
-
-    torso = labels == Label.TORSO
-    if not torso.any():
-        return
-    h, w = labels.shape
-    k = 2 * max(1, int(round(0.025 * h))) + 1
-    near = cv2.dilate(torso.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
-    first = np.where(torso.any(0), torso.argmax(0), h)  # [W] first torso row of each column
-    below = (np.arange(h)[:, None] < first[None, :])  # [H, W] above that column's torso
-    band = head & near & below
-    if band.any():
-        rows = np.clip(first + 2, 0, h - 1)  # a little inside the neck
-        colours = frame[rows, np.arange(w)]  # [W, 3]
-        ys, xs = np.nonzero(band)
-        base[ys, xs] = colours[xs]
+def head_at_window_side(rgba: torch.Tensor, window: Window) -> np.ndarray:
+    """Head RGBA [S, S, 4] (premultiplied, window resolution) resampled to the window's side in
+    dataset pixels: ``[side, side, 4]`` float32 in [0, 1]."""
+    x = rgba.permute(2, 0, 1)[None].float()
+    if x.shape[-1] != window.side:
+        x = F.interpolate(x, size=(window.side, window.side), mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
 
 
 def paste(rgba: torch.Tensor, base: np.ndarray, window: Window) -> np.ndarray:
     """Head RGBA [S, S, 4] (premultiplied, window resolution) over ``base`` [H, W, 3] uint8 -> uint8."""
+    return paste_head(head_at_window_side(rgba, window), base, window)
+
+
+def paste_head(head: np.ndarray, base: np.ndarray, window: Window) -> np.ndarray:
+    """:func:`head_at_window_side`'s ``[side, side, 4]`` over ``base`` [H, W, 3] uint8 -> uint8."""
     side = window.side
-    x = rgba.permute(2, 0, 1)[None].float()
-    if x.shape[-1] != side:
-        x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-    x = x[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy()  # [side, side, 4]
     out = base.copy()
     crop = (slice(window.y0, window.y0 + side), slice(window.x0, window.x0 + side))
     bg = out[crop].astype(np.float32) / 255
-    comp = x[..., :3] + (1 - x[..., 3:]) * bg
+    comp = head[..., :3] + (1 - head[..., 3:]) * bg
     out[crop] = np.clip(np.round(comp * 255), 0, 255).astype(np.uint8)
     return out
+
+
+def alpha_in_frame(head: np.ndarray, window: Window, frame_size: int) -> np.ndarray:
+    """The head's coverage over the whole dataset frame: ``[H, W]`` float32 (0 outside the window)
+    from :func:`head_at_window_side`'s ``[side, side, 4]``."""
+    alpha = np.zeros((frame_size, frame_size), np.float32)
+    alpha[window.y0:window.y0 + window.side, window.x0:window.x0 + window.side] = head[..., 3]
+    return alpha
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +294,17 @@ def render_heads(avatar, scene: Scene, driven: Driven, device) -> Iterator[torch
 
 def render_frames(avatar, scene: Scene, driven: Driven, bases: FrameBases, device) -> Iterator[np.ndarray]:
     """Full dataset-size frames ``[H, W, 3] uint8`` of a driven sequence."""
+    for _, frame, _ in render_composites(avatar, scene, driven, bases, device):
+        yield frame
+
+
+def render_composites(avatar, scene: Scene, driven: Driven, bases: FrameBases, device
+                      ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per driven frame: its dataset frame index, the full frame ``[H, W, 3] uint8`` and the head
+    pasted into it (:func:`head_at_window_side`, ``[side, side, 4]``)."""
     for i, rgba in zip(driven.trajectory, render_heads(avatar, scene, driven, device)):
-        yield paste(rgba, bases[int(i)].image, scene.window)
+        head = head_at_window_side(rgba, scene.window)
+        yield int(i), paste_head(head, bases[int(i)].image, scene.window), head
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +317,7 @@ def run_render(config: RenderConfig) -> dict:
 
     from avatar3d.core.avatar import load_avatar
     from avatar3d.core.runs import open_run
-    from avatar3d.core.scene import load_run_scene, read_plate
+    from avatar3d.core.scene import load_run_scene
     from avatar3d.core.video import VideoWriter
     from avatar3d.fsutil import atomic_path
 
@@ -326,7 +334,7 @@ def run_render(config: RenderConfig) -> dict:
     prior, prior_path = load_run_prior(info.run, device)
     num = num_output_frames(len(audio16))
     driven = drive(avatar, scene, prior, audio16, num, config.pose, config.still_frame)
-    bases = FrameBases(scene.data_dir, driven.trajectory, read_plate(scene.data_dir, size), background)
+    bases = FrameBases(scene, driven.trajectory, background)
 
     # the muxed audio lasts exactly num / 25 s (padded with silence or trimmed by < 20 ms)
     need = int(round(num * mux_rate / FPS))

@@ -33,7 +33,12 @@ class FitParams:
     image_size: int = 0
     """Side of the fitted images in pixels; 0 = the dataset's frame size."""
     head_margin: float = 0.05
-    """Margin around the union of the head masks for window="head" (fraction of its side)."""
+    """Margin around the union of the drawn regions for window="head" (fraction of its side)."""
+    neck_margin: float = 0.0
+    """The avatar draws the neck too, down to this far below the lowest the chin goes in the
+    training frames (in units of the base of the nose to the top of the forehead; 0 = the head
+    only). Drawn, the neck follows the rendered jaw: no seam or second chin where new audio moves
+    the chin away from the frame's own (BENCHMARKS.md, seams)."""
     num_face: int = 20_000
     """Initial number of face Gaussians (landmark-seeded + carved from the head box)."""
     num_mouth: int = 2_000

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatar3d.core.dataset import load_tracks
+from avatar3d.core.dataset import load_tracks, read_manifest
 from avatar3d.core.scene import (
-    Scene, Window, WindowCropper, WindowFrame, head_window, iter_dataset_frames, load_scene, read_plate,
+    Scene, Window, WindowCropper, WindowFrame, fit_neck_reach, head_window, iter_dataset_frames, load_scene, read_plate,
 )
 from avatar3d.core.vocab import RIGID_LANDMARKS
 from avatar3d.drive.sync import mouth_opening
@@ -151,9 +151,11 @@ def load_fit_data(data_dir: Path, params: FitParams) -> FitData:
     """Read a dataset for a fit: its scene in the window ``params`` asks for, and its frames
     (eagerly in raw form, or streamed in JPEG form when the raw frames would not fit
     ``params.raw_frames_max_gb``; see module docstring)."""
-    window = head_window(data_dir, params.window, params.head_margin, params.image_size)
+    train = read_manifest(Path(data_dir)).frame_indices("train")  # UserError first when there is no dataset
     tracks = load_tracks(Path(data_dir))
-    scene = load_scene(data_dir, window, params.audio_features, tracks)
+    reach = fit_neck_reach(tracks["landmarks"], train, params.neck_margin) if "landmarks" in tracks else 0.0
+    window = head_window(data_dir, params.window, params.head_margin, params.image_size, reach, tracks.get("landmarks"))
+    scene = load_scene(data_dir, window, params.audio_features, tracks, reach)
     plate = read_plate(scene.data_dir, scene.frame_size)
     n, S = scene.num_frames, window.size
     form = params.frame_store
@@ -177,9 +179,9 @@ def load_fit_data(data_dir: Path, params: FitParams) -> FitData:
 def _fill(store: FrameStore, scene: Scene, window: Window, plate: np.ndarray) -> None:
     """The loader thread: every dataset frame, cropped to the window, into ``store``."""
     try:
-        crop = WindowCropper(window, plate)
+        crop = WindowCropper(window, plate, scene.neck_reach)
         for i, frame, labels in iter_dataset_frames(scene.data_dir):
-            store.put(i, crop(frame, labels))
+            store.put(i, crop(frame, labels, scene.frame_landmarks(i)))
     except BaseException as exc:  # noqa: BLE001 - handed to the training thread
         store.fail(exc if isinstance(exc, UserError) else UserError(f"reading {scene.data_dir}: {exc}"))
 

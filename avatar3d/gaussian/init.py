@@ -1,6 +1,7 @@
 """Initialisation of a Gaussian avatar from a dataset: face Gaussians on the tracked canonical
-landmarks and carved from the head box by the head masks (a visual hull), mouth Gaussians in a
-cavity behind the inner lips, the face field's motion statistics from the training frames."""
+landmarks and carved from the head box (down to the drawn neck) by the drawn regions (a visual
+hull), mouth Gaussians in a cavity behind the inner lips, the face field's motion statistics from
+the training frames."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from avatar3d.core.camera import project_points
-from avatar3d.core.vocab import INNER_LIPS, MOUTH_INTERIOR_CHANNELS, SUBNASALE
+from avatar3d.core.vocab import FOREHEAD, INNER_LIPS, MOUTH_INTERIOR_CHANNELS, SUBNASALE
 from avatar3d.gaussian.avatar import AvatarSpec, GaussianAvatar
 from avatar3d.gaussian.config import FitParams
 from avatar3d.gaussian.data import FitData
@@ -45,7 +46,10 @@ def init_avatar(data: FitData, params: FitParams, generator: torch.Generator) ->
     local = (lm - centre) @ axes.T  # [478, 3] in (right, up, forward)
     lo, hi = local.min(0).values, local.max(0).values
     w = float(hi[0] - lo[0])
-    box_lo = torch.stack([lo[0] - 0.3 * w, lo[1] - 0.15 * w, hi[2] - 1.1 * w])
+    nose_to_forehead = float(local[FOREHEAD, 1] - local[SUBNASALE, 1])
+    neck = float(local[SUBNASALE, 1]) - (data.neck_reach + 0.1) * nose_to_forehead  # below the drawn neck
+    bottom = min(float(lo[1]) - 0.15 * w, neck)
+    box_lo = torch.stack([lo[0] - 0.3 * w, torch.tensor(bottom), hi[2] - 1.1 * w])
     box_hi = torch.stack([hi[0] + 0.3 * w, hi[1] + 0.6 * w, hi[2] + 0.05 * w])
 
     # Inside of the mouth: an ellipsoid behind the inner lip contour (mouth branch only).
