@@ -56,7 +56,7 @@ def measure_run(run: Path, wavs: list[Path], seconds: float, device: str, sheets
         num = num_output_frames(len(audio16))
         driven = drive(avatar, scene, prior, audio16, num, "clip")
         bases = FrameBases(scene, driven.trajectory, keep_frames=True)
-        meter = SeamMeter(scene.frame_size)
+        meter = SeamMeter(scene.frame_size, scene.window.side / scene.window.size)
         for _ in measure_composites(meter, scene, bases, render_composites(avatar, scene, driven, bases, device)):
             pass
         res = meter.result()

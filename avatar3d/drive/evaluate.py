@@ -193,7 +193,7 @@ def val_seams(avatar, scene: Scene, device):
     val = np.asarray(scene.val)
     driven = Driven(val, scene.motion[val], None if scene.audio is None else scene.audio[val])
     bases = FrameBases(scene, val, keep_frames=True)
-    meter = SeamMeter(scene.frame_size)
+    meter = SeamMeter(scene.frame_size, scene.window.side / scene.window.size)
     for _ in measure_composites(meter, scene, bases, render_composites(avatar, scene, driven, bases, device)):
         pass
     return meter
@@ -332,7 +332,7 @@ def cross_driven(avatar, scene: Scene, prior, audio16: np.ndarray, device, max_l
     driven = drive(avatar, scene, prior, audio16, num, "clip")
     bases = FrameBases(scene, driven.trajectory, keep_frames=True)
     openings = StreamedOpenings()
-    meter = SeamMeter(scene.frame_size)
+    meter = SeamMeter(scene.frame_size, scene.window.side / scene.window.size)
     acc = [0.0, 0]
     prev = prev_m = None
     bar = tqdm(total=num, disable=not progress, desc="eval", unit="frame", dynamic_ncols=True)

@@ -12,12 +12,13 @@ with the dataset frame it was pasted into, using the rendered head's alpha at th
   second chin adds edges (a blurred render alone does not lower it below 1, as it would against
   the sharp real frame). ``seam_ratio_frame_p95``: the same per frame, its 95th percentile.
 - **ghost**: pixels of the base frame's head (face, hair, inside of the mouth: its labels, eroded
-  by the band) that the render leaves uncovered (alpha < 0.5). There the composite shows what
+  by the band and one render pixel, the finest a render at the fit resolution can place its
+  outline) that the render leaves uncovered (alpha < 0.5). There the composite shows what
   replaced that head (plate, carried-up neck) or, where the labels missed it, the frame's own
   chin: the "second chin" and plate-coloured patches around the ears. Per frame, in dataset pixels;
   ``ghost_frames``: frames with more than ``GHOST_FRAME_PX`` (at 512², scaled with the area).
 - **holes**: the share of the base frame's upper face (face label above the mouth corners, eroded
-  by twice the band) that the render leaves below alpha 0.5: a face torn open by an expression or
+  by twice the band and one render pixel) that the render leaves below alpha 0.5: a face torn open by an expression or
   pose the training frames did not cover. ``hole_frames``: frames with more than ``HOLE_SHARE``.
   Beside it, how many frames asked for a code or pose outside the training frames' range
   (:func:`codes_out_of_range`, :func:`poses_out_of_range`): the face field clamps the code to its
@@ -94,11 +95,11 @@ def fit_resolution_reference(real: np.ndarray, alpha: np.ndarray, window) -> np.
 
 
 def measure_frame(composite: np.ndarray, real: np.ndarray, reference: np.ndarray, alpha: np.ndarray,
-                  labels: np.ndarray, landmarks: np.ndarray | None) -> FrameMeasures:
+                  labels: np.ndarray, landmarks: np.ndarray | None, render_px: float = 1.0) -> FrameMeasures:
     """The measures of one frame. composite, real (the dataset frame), reference
     (:func:`fit_resolution_reference`): [H, W, 3] uint8; alpha: [H, W] float (the rendered head's coverage at the frame's size);
     labels: [H, W] uint8 of the base frame; landmarks: its [478, >=2] tracked landmarks (None: no
-    hole measure)."""
+    hole measure); render_px: the size of one rendered pixel in these pixels (window side / size)."""
     import cv2
 
     h = labels.shape[0]
@@ -113,14 +114,15 @@ def measure_frame(composite: np.ndarray, real: np.ndarray, reference: np.ndarray
     e_real = float(_luminance_gradient_energy(reference)[band].sum()) if band.any() else 0.0
 
     head = np.isin(labels, np.array(HEAD_LABELS, np.uint8)).astype(np.uint8)
-    ghost = int(((cv2.erode(head, _disk(b)) > 0) & (inside == 0)).sum())
+    r = int(np.ceil(render_px))
+    ghost = int(((cv2.erode(head, _disk(b + r)) > 0) & (inside == 0)).sum())
     diff = (composite[head > 0].astype(np.float32) - real[head > 0]) / 255.0
     sq_error = float((diff * diff).sum())
 
     hole = None
     if face is not None:
         upper = ((labels == Label.FACE) & (along >= face.mouth_height)).astype(np.uint8)
-        upper = cv2.erode(upper, _disk(2 * b)) > 0
+        upper = cv2.erode(upper, _disk(2 * b + r)) > 0
         if upper.any():
             hole = float((inside[upper] == 0).mean())
     return FrameMeasures(e_comp, e_real, int(band.sum()), ghost, hole, sq_error, int(head.sum()))
@@ -182,6 +184,7 @@ class SeamMeter:
     """Accumulates :func:`measure_frame` over a sequence (see module docstring)."""
 
     frame_size: int
+    render_px: float = 1.0  # one rendered pixel in frame pixels (window side / size)
     rows: list[FrameMeasures] = field(default_factory=list)
     worst_seam: list[_Kept] = field(default_factory=list)
     worst_ghost: list[_Kept] = field(default_factory=list)
@@ -190,7 +193,7 @@ class SeamMeter:
             labels: np.ndarray, landmarks: np.ndarray | None, name: str = "") -> FrameMeasures:
         """Measure one frame (arguments of :func:`measure_frame`; ``real``, the dataset frame, is
         shown beside it on the sheet); ``name`` captions it there."""
-        m = measure_frame(composite, real, reference, alpha, labels, landmarks)
+        m = measure_frame(composite, real, reference, alpha, labels, landmarks, self.render_px)
         self.rows.append(m)
         ratio = m.seam_energy / m.seam_energy_real if m.seam_energy_real > 0 else 1.0
         caption = f"{name} seam {ratio:.2f}x ghost {m.ghost_px}px" + (
