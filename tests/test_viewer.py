@@ -118,6 +118,16 @@ def test_session_view_controls(model):
     session.control(P.Control(idle_motion=False))
     assert {model.trajectory_frame(k, False) for k in range(10)} == {int(model.loop[0])}
     assert len({model.trajectory_frame(k, True) for k in range(10)}) > 1
+    # the frames say when the view turns the head further than the training frames were
+    from avatar3d.viewer.session import turned
+
+    R0 = model.scene.R[int(model.loop[0])]
+    assert not model.beyond_training(R0)  # a training pose
+    assert model.beyond_training(turned(R0, float(model.pose_range.spread[1]) * 2 + 5, 0.0))
+    session.control(P.Control(yaw=0.0, pitch=0.0))
+    session.start("mic")
+    frames = session.push(np.zeros(640 * 3, np.float32), draw="all")
+    assert frames and all(f.header()["beyond_training"] is False for f in frames)
 
 
 def test_model_refuses_bad_runs(tmp_path, run_dir):
@@ -181,17 +191,20 @@ async def _next(ws, kind: str, timeout: float = 30.0):
 
 
 async def _frames_flow(ws, audio: np.ndarray) -> int:
-    """Send audio in 20 ms chunks; the number of frames that come back for it."""
+    """Send audio in 20 ms chunks; the number of frames the stream has accounted for by its end:
+    those that came back plus those its outbox dropped while the client was not reading (the
+    last header's ``dropped``)."""
     for i in range(0, len(audio), 320):
         await ws.send_bytes(_pcm16(audio[i : i + 320]))
     await ws.send_str('{"type": "end"}')
-    got = 0
+    got = dropped = 0
     while True:
         msg = await asyncio.wait_for(ws.receive(), 60)
         if msg.type == aiohttp.WSMsgType.BINARY:
             got += 1
+            dropped = P.read_frame_message(msg.data)[0]["dropped"]
         elif json.loads(msg.data)["type"] == "ended":
-            return got
+            return got + dropped
 
 
 def test_protocol_errors_leave_other_clients_served(model):
@@ -228,7 +241,7 @@ def test_protocol_errors_leave_other_clients_served(model):
                 await bad.send_str("PCM?")
                 assert "not JSON" in (await _next(bad, "error"))["message"]
                 assert await _frames_flow(bad, speechy_audio(0.4)) > 0
-                assert await _frames_flow(good, speechy_audio(0.4)) >= 20  # 9 x 0.1 s + 0.4 s
+                assert await _frames_flow(good, speechy_audio(0.4)) >= 32  # every frame of 9 x 0.1 s + 0.4 s, sent or dropped
                 # a third session is past the cap: one fatal error, then closed
                 third = await http.ws_connect(server.make_url("/ws"))
                 err = await _next(third, "error")

@@ -50,6 +50,7 @@ class Frame:
     width: int = 0
     height: int = 0
     render_ms: float = 0.0
+    beyond_training: bool = False  # the head is turned further than the training frames ever were
 
     @property
     def t(self) -> float:
@@ -61,7 +62,7 @@ class Frame:
         return {
             "k": self.k, "t": round(self.t, 6), "motion": [round(float(v), 5) for v in self.motion],
             "jaw": round(float(self.motion[JAW]), 5), "render_ms": round(self.render_ms, 2),
-            "width": self.width, "height": self.height, "dropped": dropped,
+            "width": self.width, "height": self.height, "dropped": dropped, "beyond_training": self.beyond_training,
         }
 
 
@@ -119,6 +120,7 @@ class ViewerModel:
         from avatar3d.core.runs import open_run
         from avatar3d.core.scene import load_run_scene
         from avatar3d.drive.render import FrameBases, load_run_prior
+        from avatar3d.drive.seams import PoseRange
 
         if idle_frames < 1:
             raise UserError(f"--idle-frames must be >= 1, got {idle_frames}")
@@ -137,6 +139,7 @@ class ViewerModel:
         size = self.scene.frame_size
         self.bases = FrameBases(self.scene, self.loop)
         self.yaw_limit, self.pitch_limit = turn_limits(self.scene.R[self.loop].numpy())
+        self.pose_range = PoseRange(self.scene.R[self.scene.train].numpy())
         w = self.scene.window
         self.zoom_limit = float(max(1.0, min(4.0, size / w.side)))
         self.resolutions = tuple(sorted({r for r in RESOLUTIONS if r <= 2 * size} | {size}))
@@ -191,8 +194,7 @@ class ViewerModel:
 
         i = self.trajectory_frame(k, view.idle_motion)
         lay = self.layout(view)
-        R = turned(self.scene.R[i], max(-self.yaw_limit, min(self.yaw_limit, view.yaw)),
-                   max(-self.pitch_limit, min(self.pitch_limit, view.pitch)))
+        R = self.head_pose(k, view)
         w = self.scene.window
         camera = Camera.from_pose(self.scene.K, R, self.scene.t[i], w.size, w.size, self.device)
         if lay.head.size != w.size:
@@ -206,6 +208,18 @@ class ViewerModel:
             interp = cv2.INTER_AREA if lay.resolution < side else cv2.INTER_LINEAR
             base = cv2.resize(base, (lay.resolution, lay.resolution), interpolation=interp)
         return paste(rgba, base, lay.head)
+
+    def head_pose(self, k: int, view: View) -> torch.Tensor:
+        """The head rotation output frame ``k`` is drawn with: its trajectory frame's, turned by
+        the view's yaw and pitch (clamped to the limits). [3, 3]"""
+        i = self.trajectory_frame(k, view.idle_motion)
+        return turned(self.scene.R[i], max(-self.yaw_limit, min(self.yaw_limit, view.yaw)),
+                      max(-self.pitch_limit, min(self.pitch_limit, view.pitch)))
+
+    def beyond_training(self, R: torch.Tensor) -> bool:
+        """Whether head rotation ``R`` [3, 3] is turned further than the training frames ever were
+        (the field extrapolates there; the page says so)."""
+        return bool(self.pose_range.outside(R.numpy()[None])[0])
 
     def encode(self, image: np.ndarray) -> bytes:
         """RGB uint8 -> JPEG bytes at the server's quality."""
@@ -283,7 +297,8 @@ class ViewerSession:
             t0 = time.perf_counter()
             image = self.model.draw(k, m, self.view)
             jpeg = self.model.encode(image)
-            out.append(Frame(k, m, jpeg, image.shape[1], image.shape[0], (time.perf_counter() - t0) * 1e3))
+            beyond = self.model.beyond_training(self.model.head_pose(k, self.view))
+            out.append(Frame(k, m, jpeg, image.shape[1], image.shape[0], (time.perf_counter() - t0) * 1e3, beyond))
         return out
 
     def control(self, change) -> None:

@@ -161,15 +161,32 @@ def codes_out_of_range(codes: np.ndarray, train_codes: np.ndarray, tolerance: fl
     return int(((codes < lo) | (codes > hi)).any(1).sum())
 
 
-def poses_out_of_range(R: np.ndarray, train_R: np.ndarray, tolerance_deg: float = 1.0) -> int:
-    """How many head rotations ``R`` [N, 3, 3] turn further from the training rotations' mean than
-    any training rotation ``train_R`` [T, 3, 3] does (per axis, by more than ``tolerance_deg``)."""
-    from scipy.spatial.transform import Rotation
+class PoseRange:
+    """The head rotations a fit saw: ``train_R`` [T, 3, 3], as turns (rotation vectors, degrees)
+    from their mean rotation and the largest turn per axis."""
 
-    mean = Rotation.from_matrix(train_R).mean().inv()
-    spread = np.abs((mean * Rotation.from_matrix(train_R)).as_rotvec(degrees=True)).max(0)  # [3]
-    turn = np.abs((mean * Rotation.from_matrix(R)).as_rotvec(degrees=True))  # [N, 3]
-    return int((turn > spread + tolerance_deg).any(1).sum())
+    def __init__(self, train_R: np.ndarray):
+        from scipy.spatial.transform import Rotation
+
+        self._mean_inv = Rotation.from_matrix(train_R).mean().inv()
+        self.spread = np.abs(self.turns(train_R)).max(0)  # [3] degrees
+
+    def turns(self, R: np.ndarray) -> np.ndarray:
+        """[N, 3, 3] -> [N, 3] rotation vectors (degrees) relative to the training mean."""
+        from scipy.spatial.transform import Rotation
+
+        return (self._mean_inv * Rotation.from_matrix(R)).as_rotvec(degrees=True)
+
+    def outside(self, R: np.ndarray, tolerance_deg: float = 1.0) -> np.ndarray:
+        """[N, 3, 3] -> [N] bool: turned further than any training rotation on some axis (by more
+        than ``tolerance_deg``)."""
+        return (np.abs(self.turns(R)) > self.spread + tolerance_deg).any(1)
+
+
+def poses_out_of_range(R: np.ndarray, train_R: np.ndarray, tolerance_deg: float = 1.0) -> int:
+    """How many head rotations ``R`` [N, 3, 3] lie outside the training rotations ``train_R``
+    [T, 3, 3] (:meth:`PoseRange.outside`)."""
+    return int(PoseRange(train_R).outside(R, tolerance_deg).sum())
 
 
 @dataclass

@@ -20,7 +20,7 @@ const stats = (window.avatar3dStats = {
   state: "connecting", mode: query.get("mode") === "file" ? "file" : "mic", render: "server",
   frames: 0, frames_drawn: 0, fps: 0, latency_ms_p50: null, latency_ms_p95: null,
   mouth_latency_ms: [], onsets: 0, drift_ms_p50: null, drift_ms_p95: null, drift_log: [],
-  dropped: 0, render_ms: null, motion: null, jaw: null, codes: [], errors: [], ended: false,
+  dropped: 0, render_ms: null, beyond_training: false, motion: null, jaw: null, codes: [], errors: [], ended: false,
   resolution: null, session: null, shown: null,
   // mic mode, per drawn frame (ms, medians of the last 250): audio of the frame and its
   // look-ahead complete -> frame received (server + network), received -> on screen
@@ -87,6 +87,7 @@ function onFrame(buf) {
   push(stats.codes, [head.k, head.t, head.jaw], KEEP);
   if (head.render_ms) stats.render_ms = head.render_ms;
   if (!jpeg.length) return;
+  stats.beyond_training = head.beyond_training;
   head.received = performance.now();
   const bitmap = createImageBitmap(new Blob([jpeg], { type: "image/jpeg" }));
   if (stats.mode === "file") {
@@ -140,7 +141,8 @@ setInterval(() => { // once a second: fps and the on-screen numbers
       (stats.mouth_latency_ms.length ? `  mouth ${pct(stats.mouth_latency_ms, 0.5)} ms` : "")
     : `drift ${stats.drift_ms_p50 ?? "-"} ms (p95 ${stats.drift_ms_p95 ?? "-"})`;
   hud.textContent = `${stats.mode} · ${stats.fps} fps · ${lat}\nframes ${stats.frames}  dropped ${stats.dropped}  ` +
-    `server ${stats.render_ms ?? "-"} ms/frame  ${canvas.width}²`;
+    `server ${stats.render_ms ?? "-"} ms/frame  ${canvas.width}²` +
+    (stats.beyond_training ? "\nturned beyond the training clip's poses: extrapolated" : "");
 }, 1000);
 
 // -- audio -------------------------------------------------------------------------------------
