@@ -34,22 +34,18 @@ def measure_run(run: Path, wavs: list[Path], seconds: float, device: str, sheets
     from avatar3d.drive.evaluate import val_seams
     from avatar3d.drive.render import (FrameBases, drive, load_driving_audio, load_run_prior, num_output_frames,
                                        render_composites)
-    from avatar3d.drive.seams import (SeamMeter, codes_out_of_range, measure_composites, poses_out_of_range,
-                                      write_sheets)
+    from avatar3d.drive.seams import SeamMeter, codes_out_of_range, measure_composites, write_sheets
 
     info = open_run(run)
     avatar = load_avatar(info.run, device)
     scene = load_run_scene(info, avatar.audio_features)
     prior, _ = load_run_prior(info.run, device)
     t0 = time.time()
-    val = val_seams(avatar, scene, device)
-    train, vi = np.asarray(scene.train), np.asarray(scene.val)
+    val_result, val = val_seams(avatar, scene, device)
     out = {"run": str(run), "dataset": str(info.data), "neck_reach": scene.neck_reach,
-           "window": scene.window.to_json(), "val": val.result()}
-    out["val"]["codes_out_of_training_range_frames"] = codes_out_of_range(scene.motion[vi].numpy(), scene.motion[train].numpy())
-    out["val"]["poses_out_of_training_range_frames"] = poses_out_of_range(scene.R[vi].numpy(), scene.R[train].numpy())
+           "window": scene.window.to_json(), "val": val_result}
     pictures = [val.sheet(f"{run.name}: val frames, tracked motion")]
-    train_codes = scene.motion[train].numpy()
+    train_codes = scene.motion[np.asarray(scene.train)].numpy()
     out["cross"] = {}
     for wav in wavs:
         audio16 = load_driving_audio(wav)[0][: int(seconds * 16000)]

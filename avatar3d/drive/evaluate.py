@@ -148,7 +148,6 @@ def self_driven(
     training frame has a face; clip_audio: the dataset's 16 kHz audio [S]."""
     from avatar3d.core.avatar import composite
     from avatar3d.drive.render import Driven, audio_features_for, motion_from_audio, render_heads
-    from avatar3d.drive.seams import codes_out_of_range, poses_out_of_range
     from avatar3d.drive.sync import mouth_opening
     from avatar3d.drive.val import val_metrics
 
@@ -174,21 +173,17 @@ def self_driven(
     out["opening_spread_ratio_audio_driven"] = ratio(opening_spread(audio_driven), opening_spread(true))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
     out.update(shut_val_openings(scene, val_frames, silence_bound, true, tracked, audio_driven, up))
-    seams = val_seams(avatar, scene, device)
-    out["seams"] = seams.result()
-    train = np.asarray(scene.train)
-    out["seams"]["codes_out_of_training_range_frames"] = codes_out_of_range(
-        scene.motion[val].numpy(), scene.motion[train].numpy())
-    out["seams"]["poses_out_of_training_range_frames"] = poses_out_of_range(scene.R[val].numpy(), scene.R[train].numpy())
+    out["seams"], seams = val_seams(avatar, scene, device)
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven, "val_seams": seams}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
 
 
 def val_seams(avatar, scene: Scene, device):
     """:mod:`avatar3d.drive.seams` on the val frames driven by their tracked motion, composited as
-    render composites (at the dataset's frame size): a :class:`~avatar3d.drive.seams.SeamMeter`."""
+    render composites (at the dataset's frame size): the measures (with how many val frames' codes
+    and poses lie outside the training frames' range) and the :class:`~avatar3d.drive.seams.SeamMeter`."""
     from avatar3d.drive.render import Driven, FrameBases, render_composites
-    from avatar3d.drive.seams import SeamMeter, measure_composites
+    from avatar3d.drive.seams import SeamMeter, codes_out_of_range, measure_composites, poses_out_of_range
 
     val = np.asarray(scene.val)
     driven = Driven(val, scene.motion[val], None if scene.audio is None else scene.audio[val])
@@ -196,7 +191,11 @@ def val_seams(avatar, scene: Scene, device):
     meter = SeamMeter(scene.frame_size, scene.window.side / scene.window.size)
     for _ in measure_composites(meter, scene, bases, render_composites(avatar, scene, driven, bases, device)):
         pass
-    return meter
+    train = np.asarray(scene.train)
+    out = meter.result()
+    out["codes_out_of_training_range_frames"] = codes_out_of_range(scene.motion[val].numpy(), scene.motion[train].numpy())
+    out["poses_out_of_training_range_frames"] = poses_out_of_range(scene.R[val].numpy(), scene.R[train].numpy())
+    return out, meter
 
 
 def tracked_openings(tracks: dict) -> np.ndarray:
