@@ -235,9 +235,9 @@ def load_run_scene(info: RunInfo, audio_features: str) -> Scene:
 class FaceFrame:
     """A face's own image frame from its landmarks, anchored on points the jaw does not move: the
     origin at the base of the nose (subnasale), the unit ``up`` (towards the top of the forehead)
-    and ``right`` vectors, the ``scale`` (subnasale to forehead), the jaw's extent along ``right``
-    (the face oval below the mouth corners: ``left_px`` < 0 < ``right_px``) and the mouth corners'
-    height along ``up`` (negative), all in the landmarks' pixels."""
+    and ``right`` vectors, the ``scale`` (subnasale to forehead), the face oval's extent along
+    ``right`` (``left_px`` < 0 < ``right_px``) and the mouth corners' height along ``up``
+    (negative), all in the landmarks' pixels."""
 
     origin: np.ndarray  # [2]
     up: np.ndarray  # [2]
@@ -262,9 +262,8 @@ class FaceFrame:
             return None
         up = axis / scale
         right = np.array([-up[1], up[0]])
-        oval = pts[list(FACE_OVAL)] - origin
+        lateral = (pts[list(FACE_OVAL)] - origin) @ right
         mouth = float(((pts[list(MOUTH_CORNERS[:2])] - origin) @ up).mean())
-        lateral = oval[oval @ up <= mouth] @ right  # the jaw: the oval below the mouth corners
         return FaceFrame(origin, up, right, scale, float(lateral.min()), float(lateral.max()), mouth)
 
     def chin_depth(self, landmarks: np.ndarray) -> float:
@@ -280,7 +279,7 @@ class FaceFrame:
 
 
 def neck_region(labels: np.ndarray, landmarks: np.ndarray | None, reach: float) -> np.ndarray:
-    """The neck under a face: torso pixels within the jaw's width, from the mouth's height
+    """The neck under a face: torso pixels within the face oval's width, from the mouth's height
     down to ``reach`` (:class:`FaceFrame` scales) below the base of the nose, in the face's own
     frame (a tilted head tilts it; an opening jaw does not move it). labels [H, W] uint8,
     landmarks [478, >=2] in the same pixels -> [H, W] bool (empty when the landmarks are unusable
