@@ -34,7 +34,7 @@ class FitParams:
     """Side of the fitted images in pixels; 0 = the dataset's frame size."""
     head_margin: float = 0.05
     """Margin around the union of the drawn regions for window="head" (fraction of its side)."""
-    neck_margin: float = 0.0
+    neck_margin: float = 0.15
     """The avatar draws the neck too, down to this far below the lowest the chin goes in the
     training frames (in units of the base of the nose to the top of the forehead; 0 = the head
     only). Drawn, the neck follows the rendered jaw: no seam or second chin where new audio moves
