@@ -6,8 +6,9 @@
 For each run: its val frames driven by their tracked motion (self-driven), and the first
 ``--seconds`` of each driving wav (default: all of ../shared/data/audio) rendered as
 ``avatar3d render`` renders them (cross-driven); per sequence the seam ratio, ghost area and hole
-share, the frames whose motion code leaves the training range, and, with ``--sheets``, the contact
-sheet of the worst frames per run. The same code as ``avatar3d eval``'s ``seams`` (eval adds the
+share, the frames whose motion code leaves the training range; the val frames turned as far as the
+viewer lets them (:func:`turned_holes`); and, with ``--sheets``, the contact sheet of the worst
+frames per run. The same code as ``avatar3d eval``'s ``seams`` (eval adds the
 tracker and phone measures; this bench leaves them out, so many runs x wavs fit a session).
 JSON to --out (and stdout); BENCHMARKS.md has the table.
 """
@@ -23,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import peak_rss_gb, provenance, report  # noqa: E402
+
+from avatar3d.drive.seams import HOLE_SHARE  # noqa: E402
 
 AUDIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "audio"
 
@@ -59,11 +62,37 @@ def measure_run(run: Path, wavs: list[Path], seconds: float, device: str, sheets
         res["codes_out_of_training_range_frames"] = codes_out_of_range(driven.blendshapes.numpy(), train_codes)
         out["cross"][wav.stem] = res
         pictures.append(meter.sheet(f"{run.name}: {wav.stem}"))
+    out["turned"] = turned_holes(avatar, scene, device)
     out["seconds"] = round(time.time() - t0, 1)
     if sheets is not None:
         sheets.mkdir(parents=True, exist_ok=True)
         write_sheets(sheets / f"{run.name}_seams.png", pictures)
     return out
+
+
+def turned_holes(avatar, scene, device, every: int = 5) -> dict:
+    """Every ``every``-th val frame with the head turned as far as the viewer lets it (its yaw and
+    pitch limits, each way): how many of those poses lie beyond the training poses, and the holes
+    torn through the render (:func:`avatar3d.drive.seams.enclosed_hole_share`; a frame with more
+    than 1 % has one)."""
+    from avatar3d.core.camera import Camera
+    from avatar3d.drive.seams import PoseRange, enclosed_hole_share
+    from avatar3d.viewer.session import turn_limits, turned
+
+    yaw, pitch = turn_limits(scene.R[np.asarray(scene.train)].numpy())
+    poses = PoseRange(scene.R[np.asarray(scene.train)].numpy())
+    shares, beyond = [], 0
+    with torch.no_grad():
+        for i in np.asarray(scene.val)[::every]:
+            cond = scene.conditioning(int(i), avatar.audio_window, device)
+            for dy, dp in ((yaw, 0.0), (-yaw, 0.0), (0.0, pitch), (0.0, -pitch)):
+                R = turned(scene.R[int(i)], dy, dp)
+                beyond += int(poses.outside(R.numpy()[None])[0])
+                cam = Camera.from_pose(scene.K, R, scene.t[int(i)], scene.window.size, scene.window.size, device)
+                shares.append(enclosed_hole_share(avatar.render(cond, cam)[..., 3].cpu().numpy()))
+    shares = np.array(shares)
+    return {"yaw_limit": yaw, "pitch_limit": pitch, "renders": len(shares), "beyond_training": beyond,
+            "hole_share_max": float(shares.max()), "hole_frames": int((shares > HOLE_SHARE).sum())}
 
 
 def main() -> None:

@@ -176,3 +176,15 @@ def test_out_of_range_codes_and_poses_are_counted():
     train_R = Rotation.from_euler("y", yaw[:, None], degrees=True).as_matrix()
     R = Rotation.from_euler("y", [[0], [10.5], [25], [-30]], degrees=True).as_matrix()
     assert poses_out_of_range(R, train_R) == 2
+
+
+def test_enclosed_holes_need_no_labels():
+    from avatar3d.drive.seams import enclosed_hole_share
+
+    alpha = np.zeros((64, 64), np.float32)
+    alpha[10:50, 10:50] = 1.0
+    assert enclosed_hole_share(alpha) == 0.0
+    alpha[20:30, 20:30] = 0.1  # a tear through the middle
+    assert enclosed_hole_share(alpha) == pytest.approx(100 / 1600)
+    alpha[40:50, 10:20] = 0.0  # a missing corner is not enclosed: the ghost measure's business
+    assert enclosed_hole_share(alpha) == pytest.approx(100 / 1500)

@@ -183,6 +183,17 @@ class PoseRange:
         return (np.abs(self.turns(R)) > self.spread + tolerance_deg).any(1)
 
 
+def enclosed_hole_share(alpha: np.ndarray) -> float:
+    """The share of a render's silhouette (alpha >= 0.5, its inner gaps filled) that lies under
+    alpha 0.5 inside it: holes torn through a head, measured without labels (for poses no frame
+    was labelled in). alpha [H, W] -> [0, 1]."""
+    from scipy.ndimage import binary_fill_holes
+
+    inside = alpha >= 0.5
+    filled = binary_fill_holes(inside)
+    return float((filled & ~inside).sum() / max(1, filled.sum()))
+
+
 def poses_out_of_range(R: np.ndarray, train_R: np.ndarray, tolerance_deg: float = 1.0) -> int:
     """How many head rotations ``R`` [N, 3, 3] lie outside the training rotations ``train_R``
     [T, 3, 3] (:meth:`PoseRange.outside`)."""
