@@ -12,10 +12,11 @@ the window with the same code.
 
 What the avatar draws (:func:`drawn_region`): the head labels (face, hair, inside of the mouth)
 and, when the run draws a neck (``neck_reach`` > 0), the neck under the face down to a line fixed
-to the head (:func:`neck_region`), below the lowest the chin goes in the training frames. The base it is drawn over is the frame with that region removed: the
-background plate where the head was, the neck's own colour (carried up from just below the
-region, column by column) where the neck was. So the frame's own chin, and the shadow under it,
-never show beside a rendered chin that moved.
+to the head (:func:`neck_region`), below the lowest the chin goes in the training frames. The base
+it is drawn over is the frame with that region removed: the background plate where the head was,
+the neck's own colour (carried up from just below the region, column by column) where the neck
+was. So the frame's own chin, and the shadow under it, never show beside a rendered chin that
+moved.
 """
 from __future__ import annotations
 
