@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "render": ("avatar3d.drive.render", "RenderConfig", "run_render"),
     "eval": ("avatar3d.drive.evaluate", "EvalConfig", "run_eval"),
     "view": ("avatar3d.viewer.server", "ViewConfig", "run_view"),
+    "export-web": ("avatar3d.gaussian.webpack", "ExportWebConfig", "run_export_web"),
 }
 
 

@@ -54,11 +54,13 @@ class GaussianAvatar(nn.Module):
     ``motion_stats`` (standardisation and clamp range of the motion code, from the training
     frames) and ``lower_face_y`` (canonical y of the base of the nose: below it only the speech
     channels act) shape what the face field reads; ``backend`` is the rasterizer every draw uses.
+    ``face_deform``, when given, replaces the face field (a baked one:
+    :class:`avatar3d.gaussian.bake.LinearFaceDeformer`; the statistics are then unused).
     """
 
     def __init__(
         self, spec: AvatarSpec, face: Gaussians, mouth: Gaussians, motion_stats: MotionStats, lower_face_y: float,
-        backend: Backend = "auto",
+        backend: Backend = "auto", face_deform: nn.Module | None = None,
     ):
         super().__init__()
         self.spec = spec
@@ -66,7 +68,7 @@ class GaussianAvatar(nn.Module):
         self.mouth = mouth
         self.backend: Backend = backend
         audio_shape = (spec.audio_window, spec.audio_dim) if spec.audio_features else None
-        self.face_deform = FaceDeformer(
+        self.face_deform = face_deform if face_deform is not None else FaceDeformer(
             spec.deform, audio_shape, torch.tensor(spec.box_min), torch.tensor(spec.box_max), motion_stats,
             lower_face_y,
         )
