@@ -7,8 +7,9 @@ bake, pruned at each multiple ``--scales`` of the default thresholds (:class:`Ba
 the baked render against the full render (mean and worst frame, premultiplied RGB over the head
 window), PSNR / head PSNR / LMD against the real frames beside the full avatar's
 (:func:`avatar3d.drive.val.val_metrics`, one implementation), the share of channel terms kept and
-the bytes the file's terms would take (:mod:`avatar3d.gaussian.webpack`'s layout: per term a uint32
-index and float16 values). JSON to --out (and stdout); BENCHMARKS.md has the table.
+the file's quantisation (:mod:`avatar3d.gaussian.webpack`: int8 terms per channel and component)
+applied, so the numbers are the file's. The terms take 520 bytes per face Gaussian whatever the pruning
+(pruned terms are zeros, which compress). JSON to --out (and stdout); BENCHMARKS.md has the table.
 """
 from __future__ import annotations
 
@@ -25,16 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import peak_rss_gb, provenance, report  # noqa: E402
 
 
-def terms_bytes(weights: torch.Tensor) -> int:
-    """Bytes of the file's sparse channel terms for baked weights [53, N, 10]."""
-    from avatar3d.gaussian.bake import OFFSETS
+def file_weights(weights: torch.Tensor) -> torch.Tensor:
+    """Baked weights [53, N, 10] as the file stores them (int8 terms, float16 bias) and reads them back."""
+    from avatar3d.gaussian.webpack import quantised_terms
 
-    total, start = 0, 0
-    for _, dim in OFFSETS:
-        nnz = int((weights[:52, :, start : start + dim].abs().amax(-1) > 0).sum())
-        total += nnz * (4 + 2 * dim) + 53 * 4
-        start += dim
-    return total
+    q = quantised_terms(weights)
+    terms = torch.from_numpy(q["face.terms"].astype(np.float32)) * torch.from_numpy(q["face.term_scale"])
+    return torch.cat([terms.permute(1, 0, 2), weights[52:].half().float()], 0)
+
+
+def zipped_bytes(weights: torch.Tensor) -> int:
+    """Bytes of the file's int8 terms after zlib (what an HTTP transfer with gzip would carry)."""
+    import zlib
+
+    from avatar3d.gaussian.webpack import quantised_terms
+
+    return len(zlib.compress(quantised_terms(weights)["face.terms"].tobytes(), 6))
 
 
 def measure_run(run: Path, scales: list[float], samples: int, device: str) -> dict:
@@ -64,12 +71,12 @@ def measure_run(run: Path, scales: list[float], samples: int, device: str) -> di
         cfg = replace(base, prune_means_cm=base.prune_means_cm * scale, prune_quats=base.prune_quats * scale,
                       prune_log_scales=base.prune_log_scales * scale)
         weights, kept = prune(unpruned, lo, hi, cfg) if scale > 0 else (unpruned, {})
-        baked.face_deform = LinearFaceDeformer(weights, lo, hi).to(device)
+        baked.face_deform = LinearFaceDeformer(file_weights(weights), lo, hi).to(device)
         metrics, preds = val_metrics(baked, scene, frames.__getitem__, device)
         vs_full = [float(psnr(b, a)) for a, b in zip(full_preds, preds)]
         out["bakes"].append({
             "threshold_scale": scale, "thresholds": [cfg.prune_means_cm, cfg.prune_quats, cfg.prune_log_scales],
-            "kept": kept, "terms_mb": round(terms_bytes(weights) / 1e6, 2),
+            "kept": kept, "terms_zip_mb": round(zipped_bytes(weights) / 1e6, 2),
             "psnr_vs_full_mean": float(np.mean(vs_full)), "psnr_vs_full_min": float(np.min(vs_full)),
             **{k: metrics.get(k) for k in keys},
         })

@@ -24,10 +24,10 @@ shape, offset, nbytes}}). The arrays (N face Gaussians, M mouth Gaussians, F fra
   ``mouth.*``;
 - ``mouth.basis`` float16 [M, K, 3]: mouth offset = sum over the K ``mouth_channels`` of code x basis;
 - ``face.bias`` float16 [N, 10]: the face offsets at code 0 (mean 3, quaternion 4, log-scale 3);
-- the channel terms, one sparse list per offset G in (means 3, quats 4, log_scales 3):
-  ``terms.G.ptr`` uint32 [53] (the terms of channel c are entries ptr[c]..ptr[c+1]),
-  ``terms.G.index`` uint32 [T_G] (the Gaussian), ``terms.G.value`` float16 [T_G, dim];
-  a Gaussian's offset = bias + sum over channels c of clamp(code_c, lo_c, hi_c) x its term;
+- ``face.terms`` int8 [N, 52, 10] and ``face.term_scale`` float32 [52, 10]: channel c's term of a
+  Gaussian is terms[n, c] x term_scale[c] (quantised per channel and component to the largest
+  term / 127; pruned terms are 0); a Gaussian's offsets = bias + sum over channels c of
+  clamp(code_c, lo_c, hi_c) x its term;
 - ``frames.jpeg`` uint8 [bytes] and ``frames.jpeg_offsets`` uint32 [F + 1]: each loop frame's base
   (:func:`avatar3d.core.scene.compose_base`) as a JPEG of the whole frame.
 
@@ -51,7 +51,7 @@ import torch
 import tyro
 
 from avatar3d.errors import UserError
-from avatar3d.gaussian.bake import OFFSETS, BakeConfig
+from avatar3d.gaussian.bake import BakeConfig
 
 MAGIC = b"A3DW"
 VERSION = 1
@@ -80,19 +80,13 @@ class ExportWebConfig:
 # Writing
 
 
-def _sparse_terms(weights: torch.Tensor) -> dict[str, np.ndarray]:
-    """The channel terms of baked weights [53, N, 10] as the file's sparse lists (module docstring)."""
-    out, start = {}, 0
-    for name, dim in OFFSETS:
-        part = weights[:52, :, start : start + dim]  # [52, N, dim]
-        nz = part.abs().amax(-1) > 0  # [52, N]
-        counts = nz.sum(1)
-        out[f"terms.{name}.ptr"] = np.concatenate([[0], np.cumsum(counts.numpy())]).astype(np.uint32)
-        c, n = nz.nonzero(as_tuple=True)
-        out[f"terms.{name}.index"] = n.numpy().astype(np.uint32)
-        out[f"terms.{name}.value"] = part[c, n].numpy().astype(np.float16)
-        start += dim
-    return out
+def quantised_terms(weights: torch.Tensor) -> dict[str, np.ndarray]:
+    """The channel terms of baked weights [53, N, 10] as the file's int8 terms and their scales
+    (module docstring)."""
+    terms = weights[:52].permute(1, 0, 2)  # [N, 52, 10]
+    scale = terms.abs().amax(0) / 127  # [52, 10]
+    q = torch.round(terms / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(-127, 127)
+    return {"face.terms": q.to(torch.int8).numpy(), "face.term_scale": scale.numpy().astype(np.float32)}
 
 
 def _gaussian_arrays(prefix: str, g) -> dict[str, np.ndarray]:
@@ -154,7 +148,7 @@ def run_export_web(config: ExportWebConfig) -> dict:
     arrays["mouth.basis"] = avatar.mouth.params["motion_basis"].detach().cpu().numpy().astype(np.float16).reshape(
         len(avatar.mouth), -1, 3)
     arrays["face.bias"] = weights[52].numpy().astype(np.float16)
-    arrays.update(_sparse_terms(weights))
+    arrays.update(quantised_terms(weights))
     loop = train[: config.frames]
     bases = FrameBases(scene, loop)
     jpegs = []
@@ -229,20 +223,12 @@ def read_pack(path: Path) -> WebPack:
     return WebPack(header, arrays)
 
 
-def _dense_weights(pack: WebPack) -> torch.Tensor:
-    """The sparse channel terms and bias back into weights [53, N, 10]."""
-    N = int(pack.header["num_face"])
-    w = torch.zeros(53, N, 10)
-    w[52] = torch.from_numpy(pack.arrays["face.bias"].astype(np.float32))
-    start = 0
-    for name, dim in OFFSETS:
-        ptr = pack.arrays[f"terms.{name}.ptr"].astype(np.int64)
-        index = torch.from_numpy(pack.arrays[f"terms.{name}.index"].astype(np.int64))
-        value = torch.from_numpy(pack.arrays[f"terms.{name}.value"].astype(np.float32))
-        channel = torch.from_numpy(np.repeat(np.arange(52), np.diff(ptr)))
-        w[channel, index, start : start + dim] = value
-        start += dim
-    return w
+def _weights(pack: WebPack) -> torch.Tensor:
+    """The file's terms and bias back into weights [53, N, 10]."""
+    terms = torch.from_numpy(pack.arrays["face.terms"].astype(np.float32))  # [N, 52, 10]
+    scale = torch.from_numpy(pack.arrays["face.term_scale"].astype(np.float32))  # [52, 10]
+    bias = torch.from_numpy(pack.arrays["face.bias"].astype(np.float32))  # [N, 10]
+    return torch.cat([(terms * scale).permute(1, 0, 2), bias[None]], 0)
 
 
 def avatar_from_pack(pack: WebPack, device="cpu"):
@@ -265,7 +251,7 @@ def avatar_from_pack(pack: WebPack, device="cpu"):
     h = pack.header
     mouth_basis = torch.from_numpy(pack.arrays["mouth.basis"].astype(np.float32)).reshape(int(h["num_mouth"]), -1)
     lo, hi = torch.tensor(h["motion"]["lo"]), torch.tensor(h["motion"]["hi"])
-    deformer = LinearFaceDeformer(_dense_weights(pack), lo, hi)
+    deformer = LinearFaceDeformer(_weights(pack), lo, hi)
     stats = MotionStats.unclamped(torch.zeros(52), torch.ones(52))
     avatar = GaussianAvatar(AvatarSpec(), gaussians("face"), gaussians("mouth", {"motion_basis": mouth_basis}), stats,
                             0.0, face_deform=deformer)
