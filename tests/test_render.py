@@ -258,3 +258,27 @@ def test_render_never_imports_the_trainer_or_its_data_loader(run_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "RC 0 HEAVY []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_the_run_draws_its_neck_and_runs_from_before_the_neck_draw_the_head_only(run_dir, tmp_path):
+    """A run records how far down it draws the neck (scene.json ``neck_reach``) and render, eval
+    and the viewer compose with it; a scene.json written before the neck existed reads as head
+    only, and its bases keep the frame's neck below the head as before."""
+    import json
+
+    from avatar3d.core.runs import open_run
+    from avatar3d.core.scene import load_run_scene
+    from avatar3d.drive.render import FrameBases
+
+    scene = load_run_scene(open_run(run_dir), "")
+    assert json.loads((run_dir / "scene.json").read_text())["neck_reach"] == scene.neck_reach > 0
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    obj = json.loads((old / "scene.json").read_text())
+    del obj["neck_reach"]
+    (old / "scene.json").write_text(json.dumps(obj))
+    old_scene = load_run_scene(open_run(old), "")
+    assert old_scene.neck_reach == 0.0
+    i = int(scene.train[0])
+    new_base, old_base = FrameBases(scene, [i])[i], FrameBases(old_scene, [i])[i]
+    assert (new_base.image != old_base.image).any()  # the drawn neck is taken out of the new base
