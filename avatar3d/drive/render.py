@@ -11,9 +11,9 @@ window's resolution -> upsampled to the window's size in the dataset frame -> co
 (premultiplied alpha) over that trajectory frame's base (:func:`avatar3d.core.scene.compose_base`:
 its own torso and background, the plate where its head was, its neck carried up where the avatar
 draws the neck; ``--background IMAGE`` also replaces the pixels labelled background). The torso
-therefore moves exactly as it moved with that head pose in the real clip. Frames go to an H.264 mp4 at 25 fps with the audio
-muxed as AAC; frame count = round(audio duration x 25), audio padded/trimmed to the same length.
-The mp4 is written atomically.
+therefore moves exactly as it moved with that head pose in the real clip. Frames go to an H.264
+mp4 at 25 fps with the audio muxed as AAC; frame count = round(audio duration x 25), audio
+padded/trimmed to the same length. The mp4 is written atomically.
 """
 from __future__ import annotations
 
