@@ -5,8 +5,8 @@ with the dataset frame it was pasted into, using the rendered head's alpha at th
 
 - **seam**: the luminance gradient energy (Sobel, squared) in a band of ``SEAM_BAND`` of the frame
   size either side of the rendered outline (alpha 0.5) below the mouth (in the base frame's face
-  frame: the jaw, the chin and the neck, where the render meets the body), summed over frames, against the same band of the real frames as a
-  perfect avatar of this resolution would show them (the real window shown at the fit resolution
+  frame: the jaw, the chin and the neck, where the render meets the body), summed over frames,
+  against the same band of the real frames as a perfect avatar of this resolution would show them (the real window shown at the fit resolution
   through the render's alpha, over the real frame: :func:`fit_resolution_reference`):
   ``seam_ratio`` 1 = as much edge as that picture has there; a light line along the jaw or a
   second chin adds edges (a blurred render alone does not lower it below 1, as it would against
@@ -87,7 +87,8 @@ def fit_resolution_reference(real: np.ndarray, alpha: np.ndarray, window) -> np.
     x = torch.from_numpy(np.ascontiguousarray(real[crop])).float()
     if window.size != window.side:
         small = downsample(x, window.size).permute(2, 0, 1)[None]
-        x = F.interpolate(small, size=(window.side, window.side), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        x = F.interpolate(small, size=(window.side, window.side), mode="bilinear", align_corners=False)
+        x = x[0].permute(1, 2, 0)
     a = alpha[crop][..., None]
     out = real.copy()
     out[crop] = np.clip(np.round(a * x.numpy() + (1 - a) * real[crop]), 0, 255).astype(np.uint8)
@@ -97,8 +98,8 @@ def fit_resolution_reference(real: np.ndarray, alpha: np.ndarray, window) -> np.
 def measure_frame(composite: np.ndarray, real: np.ndarray, reference: np.ndarray, alpha: np.ndarray,
                   labels: np.ndarray, landmarks: np.ndarray | None, render_px: float = 1.0) -> FrameMeasures:
     """The measures of one frame. composite, real (the dataset frame), reference
-    (:func:`fit_resolution_reference`): [H, W, 3] uint8; alpha: [H, W] float (the rendered head's coverage at the frame's size);
-    labels: [H, W] uint8 of the base frame; landmarks: its [478, >=2] tracked landmarks (None: no
+    (:func:`fit_resolution_reference`): [H, W, 3] uint8; alpha: [H, W] float (the rendered head's
+    coverage at the frame's size); labels: [H, W] uint8 of the base frame; landmarks: its [478, >=2] tracked landmarks (None: no
     hole measure); render_px: the size of one rendered pixel in these pixels (window side / size)."""
     import cv2
 
