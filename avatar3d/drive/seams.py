@@ -99,8 +99,9 @@ def measure_frame(composite: np.ndarray, real: np.ndarray, reference: np.ndarray
                   labels: np.ndarray, landmarks: np.ndarray | None, render_px: float = 1.0) -> FrameMeasures:
     """The measures of one frame. composite, real (the dataset frame), reference
     (:func:`fit_resolution_reference`): [H, W, 3] uint8; alpha: [H, W] float (the rendered head's
-    coverage at the frame's size); labels: [H, W] uint8 of the base frame; landmarks: its [478, >=2] tracked landmarks (None: no
-    hole measure); render_px: the size of one rendered pixel in these pixels (window side / size)."""
+    coverage at the frame's size); labels: [H, W] uint8 of the base frame; landmarks: its
+    [478, >=2] tracked landmarks (None: no hole measure); render_px: the size of one rendered pixel
+    in these pixels (window side / size)."""
     import cv2
 
     h = labels.shape[0]
