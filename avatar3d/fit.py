@@ -345,9 +345,10 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
     fsutil.write_json(paths.metrics, json_safe(metrics))
     paths.checkpoint.unlink(missing_ok=True)
     fsutil.commit_dir(work, out)
+    drawn = "head and neck" if data.neck_reach > 0 else "head"  # psnr_head is over what the avatar draws
     print(
-        f"avatar3d fit: {out}  val PSNR {metrics['psnr']:.2f} dB (head {metrics['psnr_head']:.2f}), "
-        f"SSIM {metrics['ssim']:.3f} (head {metrics['ssim_head']:.3f}), LMD {_px(metrics.get('lmd_px'))} "
+        f"avatar3d fit: {out}  val PSNR {metrics['psnr']:.2f} dB ({drawn} {metrics['psnr_head']:.2f}), "
+        f"SSIM {metrics['ssim']:.3f} ({drawn} {metrics['ssim_head']:.3f}), LMD {_px(metrics.get('lmd_px'))} "
         f"at {metrics['resolution'][0]}x{metrics['resolution'][1]}, {counts['primitives']} {config.field} primitives, "
         f"fit {fit_seconds:.0f} s"
     )
