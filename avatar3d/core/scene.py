@@ -312,17 +312,22 @@ def drawn_region(labels: np.ndarray, landmarks: np.ndarray | None, neck_reach: f
 
 
 def compose_base(frame: np.ndarray, labels: np.ndarray, landmarks: np.ndarray | None, plate: np.ndarray,
-                 neck_reach: float, background: np.ndarray | None = None) -> np.ndarray:
+                 neck_reach: float, background: np.ndarray | None = None, neck: np.ndarray | None = None
+                 ) -> np.ndarray:
     """The base a frame's avatar is drawn over (see module docstring): ``[H, W, 3] uint8``.
     frame [H, W, 3] uint8, labels [H, W] uint8, landmarks [478, >=2] (or None), plate [H, W, 3]
     uint8; ``background`` [H, W, 3] uint8 (optional) also replaces the pixels labelled background.
     Without a neck (``neck_reach`` 0) the head pixels just above the torso take the neck's colour
-    instead (:func:`neck_fill_band`): there the rendered chin may end higher than the frame's."""
+    instead (:func:`neck_fill_band`): there the rendered chin may end higher than the frame's.
+    ``neck``: :func:`neck_region` of this frame when the caller has it already."""
     head = np.isin(labels, np.array(HEAD_LABELS, np.uint8))
     base = np.where(head[..., None], plate, frame)
     if background is not None:
         base = np.where((head | (labels == Label.BACKGROUND))[..., None], background, base)
-    neck = neck_region(labels, landmarks, neck_reach) if neck_reach > 0 else neck_fill_band(labels, head)
+    if neck_reach > 0:
+        neck = neck_region(labels, landmarks, neck_reach) if neck is None else neck
+    else:
+        neck = neck_fill_band(labels, head)
     fill_from_below(base, frame, neck)
     return np.ascontiguousarray(base)
 
@@ -398,8 +403,9 @@ class WindowCropper:
     def __call__(self, frame: np.ndarray, labels: np.ndarray, landmarks: np.ndarray | None = None) -> WindowFrame:
         """frame [H, W, 3] uint8, labels [H, W] uint8, landmarks [478, >=2] dataset pixels (None:
         no neck) -> the window's :class:`WindowFrame` (``head``: what the avatar draws)."""
-        base = compose_base(frame, labels, landmarks, self.plate, self.neck_reach)
-        drawn = drawn_region(labels, landmarks, self.neck_reach)
+        neck = neck_region(labels, landmarks, self.neck_reach)  # once: the base and the drawn region
+        base = compose_base(frame, labels, landmarks, self.plate, self.neck_reach, neck=neck)
+        drawn = np.isin(labels, np.array(HEAD_LABELS, np.uint8)) | neck
         f = torch.from_numpy(np.ascontiguousarray(frame[self.crop]))
         bg = torch.from_numpy(np.ascontiguousarray(base[self.crop]))
         h = torch.from_numpy(np.ascontiguousarray(drawn[self.crop]))
@@ -410,6 +416,14 @@ class WindowCropper:
         stack = torch.cat([f, bg, h[..., None].to(torch.uint8) * 255, m[..., None].to(torch.uint8) * 255], -1)
         stack = downsample(stack.float(), S).round().clamp(0, 255).to(torch.uint8)
         return WindowFrame(stack[..., :3], stack[..., 3:6], stack[..., 6], stack[..., 7])
+
+    def image(self, frame: np.ndarray) -> torch.Tensor:
+        """Only the frame [H, W, 3] uint8 in the window, resampled as :meth:`__call__` resamples it:
+        [S, S, 3] uint8 (no base, no masks)."""
+        f = torch.from_numpy(np.ascontiguousarray(frame[self.crop]))
+        if self.window.side == self.window.size:
+            return f
+        return downsample(f.float(), self.window.size).round().clamp(0, 255).to(torch.uint8)
 
 
 def iter_dataset_frames(data_dir: Path, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

@@ -289,7 +289,7 @@ def real_reference(
     lc = speech_sync(opening, env, max_lag)
     # training frames as the avatar shows them: the head window at the fit resolution, pasted back
     sampled = set(np.asarray(scene.train)[:: max(1, len(scene.train) // MATCHED_TRAIN_FRAMES)].tolist())
-    crop = WindowCropper(scene.window, read_plate(scene.data_dir, scene.frame_size))
+    crop = WindowCropper(scene.window, read_plate(scene.data_dir, scene.frame_size))  # its image() only
     matched = StreamedOpenings()
     acc = [0.0, 0]
     prev = prev_m = None
@@ -298,7 +298,7 @@ def real_reference(
         _flicker_accumulate(prev, frame, prev_m, m, acc)
         prev, prev_m = frame, m
         if i in sampled:
-            image = crop(frame, labels).image
+            image = crop.image(frame)
             window_rgba = torch.cat([image.float() / 255, torch.ones(*image.shape[:2], 1)], -1)
             matched.add(paste(window_rgba, frame, scene.window))
     train_open = opening[np.asarray(scene.train)]
