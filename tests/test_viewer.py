@@ -130,6 +130,63 @@ def test_session_view_controls(model):
     assert frames and all(f.header()["beyond_training"] is False for f in frames)
 
 
+def test_browser_render_mode_frames_carry_what_the_page_draws(model):
+    """In browser render mode a frame has no picture but the draw parameters, and the server's own
+    picture of those parameters is the picture server mode sends for the frame."""
+    from avatar3d.viewer.session import FrameParams
+
+    codes = np.random.default_rng(1).uniform(0, 0.5, (4, 28)).astype(np.float32)
+    served, browser = ViewerSession(model), ViewerSession(model)
+    for s in (served, browser):
+        s.control(P.Control(yaw=5.0, zoom=1.5, expression={"blink": 0.5}))
+    browser.control(P.Control(render="browser"))
+    a, b = served._frames(codes, "newest"), browser._frames(codes, "newest")
+    assert [f.draw is None for f in b] == [True, True, True, False]  # only the newest, as pictures
+    assert not b[-1].jpeg and b[-1].header()["width"] == 0 and "draw" in b[-1].header()
+    params = FrameParams.from_json(json.loads(json.dumps(b[-1].header()["draw"])))  # through the wire
+    assert params.base == model.trajectory_position(3, True) and params.code.shape == (52,)
+    ours = model.draw_params(params)
+    theirs = model.draw(3, codes[3], served.view)
+    assert ours.shape == theirs.shape == (model.scene.frame_size,) * 2 + (3,)
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 2  # the wire rounds the code and pose
+    assert a[-1].jpeg and a[-1].draw is None
+
+
+def test_web_pack_is_baked_once_for_the_loop(model, tmp_path):
+    from avatar3d.gaussian.webpack import read_pack
+
+    path = model.web_pack()
+    pack = read_pack(path)
+    assert pack.header["frames"]["index"] == [int(i) for i in model.loop]
+    assert pack.header["num_face"] == model.avatar.num_face()
+    stamp = path.stat().st_mtime_ns
+    assert model.web_pack() == path and path.stat().st_mtime_ns == stamp  # cached
+    path.write_bytes(b"A3DW junk")  # damaged: baked again
+    assert read_pack(model.web_pack()).header["num_face"] == model.avatar.num_face()
+
+    async def main():
+        server = await _serve(model)
+        try:
+            async with aiohttp.ClientSession() as http:
+                r = await http.get(server.make_url("/api/avatar.a3dw"))
+                assert r.status == 200 and (await r.read())[:4] == b"A3DW"
+                ws = await http.ws_connect(server.make_url("/ws"))
+                ready = await _next(ws, "ready")
+                assert ready["renders"] == ["server", "browser"]
+                await ws.send_str('{"type": "control", "render": "browser"}')
+                await ws.send_str('{"type": "start", "mode": "mic"}')
+                await ws.send_bytes(_pcm16(speechy_audio(0.3)))
+                head, jpeg = await _next(ws, "frame")
+                while "draw" not in head:
+                    head, jpeg = await _next(ws, "frame")
+                assert jpeg == b"" and len(head["draw"]["code"]) == 52
+                await ws.close()
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
 def test_model_refuses_bad_runs(tmp_path, run_dir):
     with pytest.raises(UserError, match="run not found"):
         ViewerModel(tmp_path / "nope", torch.device("cpu"))
@@ -156,6 +213,7 @@ def test_parse_text_rules():
         ('{"type": "control", "expression": {"wink": 1}}', "unknown expression"),
         ('{"type": "control", "expression": [1]}', "expression must be"),
         ('{"type": "control", "paused": 1}', "paused must be true or false"),
+        ('{"type": "control", "render": "gpu"}', "render must be server or browser"),
         (json.dumps({"type": "ping", "pad": "x" * P.MAX_TEXT_BYTES}), "over 4096 bytes"),
     ]
     for text, why in bad:
@@ -302,15 +360,15 @@ def test_token_and_origin(model):
 
 def test_a_failed_draw_is_reported_and_the_stream_goes_on(model, monkeypatch):
     calls = {"n": 0}
-    draw = ViewerModel.draw
+    draw = ViewerModel.draw_params
 
-    def flaky(self, k, motion, view):
+    def flaky(self, params):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("out of memory (simulated)")
-        return draw(self, k, motion, view)
+        return draw(self, params)
 
-    monkeypatch.setattr(ViewerModel, "draw", flaky)
+    monkeypatch.setattr(ViewerModel, "draw_params", flaky)
 
     async def main():
         server = await _serve(model)

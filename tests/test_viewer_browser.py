@@ -133,3 +133,44 @@ def test_file_mode_end_to_end(url, tmp_path):
     assert s["mode"] == "file" and not s["errors"] and not errors, (s["errors"], errors)
     assert s["frames"] == 100 and s["frames_drawn"] >= 10  # 4 s at 25 fps; a busy CPU draws fewer
     assert s["drift_ms_p50"] is not None and abs(s["drift_ms_p50"]) <= 40
+
+
+def test_browser_render_mode_draws_what_the_server_draws(run_dir, url, tmp_path):
+    """render=browser: the page loads the baked avatar and draws it with WebGL2 (SwiftShader here);
+    a frame it shows, against avatar3d's own render of the same parameters (the fitted avatar, not
+    the bake), over the head's square. File mode plays in step with the sound."""
+    import torch
+
+    from avatar3d.viewer.browser import chromium, console_errors, wait_for
+    from avatar3d.viewer.session import FrameParams, ViewerModel
+
+    _bursts(tmp_path / "bursts.wav")
+    with chromium(tmp_path / "bursts.wav") as driver:
+        driver.get(f"{url}?mode=mic&render=browser")
+        s = wait_for(driver, lambda s: s["frames_drawn"] >= 30 and (s["jaw"] or 0) > 0.05, 90,
+                     "30 frames drawn by the page, the mouth open")
+        url_png, s = driver.execute_script(  # picture and parameters at the same moment
+            "return [document.getElementById('view').toDataURL('image/png'), JSON.parse(JSON.stringify(window.avatar3dStats))]")
+        errors = console_errors(driver)
+        driver.get(f"{url}?mode=file&render=browser")
+        f = wait_for(driver, lambda s: s["state"] == "done", 90, "the clip to play to its end")
+        errors += console_errors(driver)
+    assert s["render"] == "browser" and f["render"] == "browser", (s["errors"], f["errors"])
+    assert not s["errors"] and not f["errors"] and not errors, (s["errors"], f["errors"], errors)
+    assert s["browser"]["bytes"] > 0 and s["browser"]["gaussians"] > 0 and s["browser"]["draw_ms"] is not None
+    assert f["frames_drawn"] >= 10 and abs(f["drift_ms_p50"]) <= 40
+
+    import base64
+
+    import cv2
+
+    shown = cv2.imdecode(np.frombuffer(base64.b64decode(url_png.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    draw = s["browser"]["shown_draw"]
+    ours = ViewerModel(run_dir, torch.device("cpu")).draw_params(FrameParams.from_json(draw))
+    x, y, side, _ = draw["head"]
+    err = np.mean((shown[y:y + side, x:x + side].astype(float) - ours[y:y + side, x:x + side].astype(float)) ** 2)
+    psnr = 10 * np.log10(255 ** 2 / max(err, 1e-10))
+    cv2.imwrite(str(tmp_path / "browser_vs_server.png"), np.concatenate([shown, ours], 1)[..., ::-1])
+    # the issue's bar is 30 dB; 42.6 dB measured here (Chromium 150, SwiftShader): 35 catches a
+    # projection off by 30 % in one axis (39 dB) only loosely, a wrong pose or composite surely
+    assert psnr >= 35.0, f"browser render {psnr:.1f} dB against the server's (see {tmp_path}/browser_vs_server.png)"

@@ -22,6 +22,7 @@ MAX_AUDIO_BYTES = 65_536  # one binary message (about 2 s of audio)
 MAX_TEXT_BYTES = 4_096  # one text message
 MAX_FRAME_QUEUE = 8  # frames waiting to be sent to one client; older ones are dropped
 MODES = ("mic", "file")
+RENDERS = ("server", "browser")  # who draws the frames: the server (JPEGs) or the page (the baked avatar)
 ZOOM_LIMIT = 4.0
 
 
@@ -55,6 +56,7 @@ class Control:
     resolution: int | None = None
     idle_motion: bool | None = None
     paused: bool | None = None
+    render: str | None = None
 
 
 Message = Start | End | Ping | Control
@@ -114,7 +116,11 @@ def parse_text(data: str, expressions: tuple[str, ...], resolutions: tuple[int, 
         resolution = _number(msg, "resolution", 1, 1 << 16)
         if resolution is not None and int(resolution) not in resolutions:
             raise ProtocolError(f"resolution must be one of {list(resolutions)}, got {resolution:g}")
+        render = msg.get("render")
+        if render is not None and render not in RENDERS:
+            raise ProtocolError(f"render must be {' or '.join(RENDERS)}, got {str(render)[:40]!r}")
         return Control(
+            render=render,
             expression=expression,
             yaw=_number(msg, "yaw", -90.0, 90.0),
             pitch=_number(msg, "pitch", -90.0, 90.0),

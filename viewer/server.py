@@ -153,6 +153,8 @@ class Connection:
             self.streaming = False
             await self.queue.put(("end", None))
         elif isinstance(m, P.Control):
+            if m.render == "browser" and self.state.model.browser_unavailable:
+                raise P.ProtocolError(f"render 'browser' is not available: {self.state.model.browser_unavailable}")
             await self.queue.put(("call", lambda: self.session.control(m)))
 
     async def _work(self) -> None:
@@ -265,11 +267,23 @@ def make_app(model, token: str | None = None, max_sessions: int = 4):
             raise web.HTTPNotFound(text="the run's dataset has no audio")
         return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
 
+    pack_lock = asyncio.Lock()
+
+    async def web_pack(request):
+        """The baked avatar for browser render mode (baked on the drawing thread on first use)."""
+        async with pack_lock:
+            try:
+                path = await asyncio.get_running_loop().run_in_executor(request.app[STATE].executor, model.web_pack)
+            except UserError as exc:
+                raise web.HTTPNotFound(text=str(exc)) from None
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-cache"})
+
     app = web.Application(middlewares=[guard], client_max_size=1 << 20)
     app[STATE] = ServerState(model, token, max_sessions, ThreadPoolExecutor(1, thread_name_prefix="draw"), set())
     app.router.add_get("/", index)
     app.router.add_get("/api/info", info)
     app.router.add_get("/api/audio/dataset", dataset_audio)
+    app.router.add_get("/api/avatar.a3dw", web_pack)
     app.router.add_get("/ws", ws_handler)
     app.router.add_static("/static/", STATIC)
 

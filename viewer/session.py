@@ -51,6 +51,7 @@ class Frame:
     height: int = 0
     render_ms: float = 0.0
     beyond_training: bool = False  # the head is turned further than the training frames ever were
+    draw: dict | None = None  # browser render mode: what the page draws the frame from (FrameParams.to_json)
 
     @property
     def t(self) -> float:
@@ -63,6 +64,7 @@ class Frame:
             "k": self.k, "t": round(self.t, 6), "motion": [round(float(v), 5) for v in self.motion],
             "jaw": round(float(self.motion[JAW]), 5), "render_ms": round(self.render_ms, 2),
             "width": self.width, "height": self.height, "dropped": dropped, "beyond_training": self.beyond_training,
+            **({"draw": self.draw} if self.draw is not None else {}),
         }
 
 
@@ -77,6 +79,7 @@ class View:
     zoom: float = 1.0
     idle_motion: bool = True
     paused: bool = False
+    render: str = "server"  # "server": frames come as JPEGs; "browser": the page draws the baked avatar
 
 
 def turn_limits(R: np.ndarray) -> tuple[float, float]:
@@ -109,6 +112,33 @@ class Layout:
     crop: tuple[int, int, int]  # x0, y0, side in dataset pixels
     head: Window  # the head's square in output pixels, drawn at head.size
     resolution: int
+
+
+@dataclass(frozen=True)
+class FrameParams:
+    """Everything output frame ``k`` is drawn from (:meth:`ViewerModel.frame_params`): the server
+    draws it (:meth:`ViewerModel.draw_params`), or, in browser render mode, sends it to the page
+    that draws the baked avatar itself (``draw`` in the frame header, viewer/PROTOCOL.md)."""
+
+    base: int  # position in the model's loop (= the web file's frames): pose trajectory, torso and background
+    code: np.ndarray  # [52] the full motion code (prior's speech channels, tracked rest, sliders)
+    R: np.ndarray  # [3, 3] head rotation, turned by the view
+    t: np.ndarray  # [3] head translation (cm)
+    layout: Layout
+
+    def to_json(self) -> dict:
+        lay = self.layout
+        return {"base": self.base, "code": [round(float(v), 6) for v in self.code],
+                "R": [round(float(v), 7) for v in self.R.reshape(-1)], "t": [round(float(v), 6) for v in self.t],
+                "crop": list(lay.crop), "head": [lay.head.x0, lay.head.y0, lay.head.side, lay.head.size],
+                "resolution": lay.resolution}
+
+    @staticmethod
+    def from_json(obj: dict) -> "FrameParams":
+        x, y, side, size = obj["head"]
+        layout = Layout(tuple(obj["crop"]), Window(x, y, side, size), int(obj["resolution"]))
+        return FrameParams(int(obj["base"]), np.asarray(obj["code"], np.float32),
+                           np.asarray(obj["R"], np.float32).reshape(3, 3), np.asarray(obj["t"], np.float32), layout)
 
 
 class ViewerModel:
@@ -145,16 +175,45 @@ class ViewerModel:
         self.resolutions = tuple(sorted({r for r in RESOLUTIONS if r <= 2 * size} | {size}))
         self.jpeg_quality = int(jpeg_quality)
         self.expressions = tuple(EXPRESSION_SLIDERS)
+        self.browser_unavailable = (
+            None if self.field == "gaussian" else f"a {self.field!r} field cannot be baked for the browser")
+
+    def web_pack(self) -> Path:
+        """The avatar baked for browser render mode (RUN/viewer.a3dw, :mod:`avatar3d.gaussian.webpack`),
+        its frames this model's loop. Baked on first use (seconds to a minute on a CPU) and again
+        when the avatar was fitted anew or the loop differs; UserError where it cannot be baked."""
+        from avatar3d.core.runs import RunPaths
+        from avatar3d.fsutil import atomic_path
+        from avatar3d.gaussian.webpack import build_pack, read_pack, write_pack
+
+        if self.browser_unavailable:
+            raise UserError(self.browser_unavailable)
+        paths = RunPaths(self.run)
+        path = paths.viewer_pack
+        if path.is_file() and path.stat().st_mtime >= paths.avatar_weights.stat().st_mtime:
+            try:
+                if read_pack(path).header["frames"]["index"] == [int(i) for i in self.loop]:
+                    return path
+            except (UserError, KeyError, TypeError):
+                pass  # stale or damaged: bake again
+        print(f"avatar3d view: baking the avatar for browser render mode into {path} (once)", flush=True)
+        header, arrays, _ = build_pack(self.avatar, self.scene, self.run.name, np.asarray(self.loop),
+                                       jpeg_quality=self.jpeg_quality)
+        with atomic_path(path) as tmp:
+            write_pack(tmp, header, arrays)
+        return path
 
     # -- pure parts ------------------------------------------------------------------------
 
-    def trajectory_frame(self, k: int, idle_motion: bool) -> int:
-        """The dataset frame giving output frame ``k`` its pose and torso."""
+    def trajectory_position(self, k: int, idle_motion: bool) -> int:
+        """Output frame ``k``'s position in the loop (the idle motion's back-and-forth walk)."""
         from avatar3d.drive.render import ping_pong_at
 
-        if not idle_motion:
-            return int(self.loop[0])
-        return int(self.loop[ping_pong_at(np.array([k]), len(self.loop))[0]])
+        return int(ping_pong_at(np.array([k]), len(self.loop))[0]) if idle_motion else 0
+
+    def trajectory_frame(self, k: int, idle_motion: bool) -> int:
+        """The dataset frame giving output frame ``k`` its pose and torso."""
+        return int(self.loop[self.trajectory_position(k, idle_motion)])
 
     def layout(self, view: View) -> Layout:
         """The crop (zoomed around the head window) and the head's square in output pixels. The
@@ -183,25 +242,33 @@ class ViewerModel:
 
     # -- drawing ---------------------------------------------------------------------------
 
-    @torch.inference_mode()
+    def frame_params(self, k: int, motion: np.ndarray, view: View) -> FrameParams:
+        """What output frame ``k`` of motion ``motion`` [28] is drawn from, as ``view`` shows it."""
+        j = self.trajectory_position(k, view.idle_motion)
+        i = int(self.loop[j])
+        code = self.blendshapes(motion, i, view.expression)[0].numpy()
+        return FrameParams(j, code, self.head_pose(k, view).numpy(), self.scene.t[i].numpy(), self.layout(view))
+
     def draw(self, k: int, motion: np.ndarray, view: View) -> np.ndarray:
         """Output frame ``k`` of motion ``motion`` [28] as ``view`` shows it: [R, R, 3] uint8 RGB."""
+        return self.draw_params(self.frame_params(k, motion, view))
+
+    @torch.inference_mode()
+    def draw_params(self, p: FrameParams) -> np.ndarray:
+        """The frame ``p`` describes: [R, R, 3] uint8 RGB."""
         import cv2
 
         from avatar3d.core.avatar import Conditioning
         from avatar3d.core.camera import Camera
         from avatar3d.drive.render import paste
 
-        i = self.trajectory_frame(k, view.idle_motion)
-        lay = self.layout(view)
-        R = self.head_pose(k, view)
-        w = self.scene.window
-        camera = Camera.from_pose(self.scene.K, R, self.scene.t[i], w.size, w.size, self.device)
+        lay, w = p.layout, self.scene.window
+        camera = Camera.from_pose(self.scene.K, p.R, p.t, w.size, w.size, self.device)
         if lay.head.size != w.size:
             camera = camera.crop_resize(0, 0, w.size, lay.head.size)
-        cond = Conditioning(self.blendshapes(motion, i, view.expression)).to(self.device)
+        cond = Conditioning(torch.from_numpy(np.asarray(p.code, np.float32)[None])).to(self.device)
         rgba = self.avatar.render(cond, camera).cpu()
-        base = self.bases[i].image
+        base = self.bases[int(self.loop[p.base])].image
         x0, y0, side = lay.crop
         if (x0, y0, side) != (0, 0, self.scene.frame_size) or lay.resolution != side:
             base = base[y0 : y0 + side, x0 : x0 + side]
@@ -242,6 +309,7 @@ class ViewerModel:
             "yaw_limit": round(self.yaw_limit, 2), "pitch_limit": round(self.pitch_limit, 2),
             "zoom_limit": round(self.zoom_limit, 3), "run": self.run.name, "field": self.field,
             "device": str(self.device), "motion_channels": list(SPEECH_CHANNELS),
+            "renders": ["server"] + ([] if self.browser_unavailable else ["browser"]),
         }
 
 
@@ -295,9 +363,14 @@ class ViewerSession:
                 out.append(Frame(k, m))
                 continue
             t0 = time.perf_counter()
-            image = self.model.draw(k, m, self.view)
+            params = self.model.frame_params(k, m, self.view)
+            beyond = self.model.beyond_training(torch.from_numpy(params.R))
+            if self.view.render == "browser":
+                out.append(Frame(k, m, render_ms=(time.perf_counter() - t0) * 1e3, beyond_training=beyond,
+                                 draw=params.to_json()))
+                continue
+            image = self.model.draw_params(params)
             jpeg = self.model.encode(image)
-            beyond = self.model.beyond_training(self.model.head_pose(k, self.view))
             out.append(Frame(k, m, jpeg, image.shape[1], image.shape[0], (time.perf_counter() - t0) * 1e3, beyond))
         return out
 
@@ -306,7 +379,7 @@ class ViewerSession:
         v = self.view
         if change.expression is not None:
             v.expression = {k: x for k, x in change.expression.items() if x}
-        for name in ("yaw", "pitch", "zoom", "resolution", "idle_motion", "paused"):
+        for name in ("yaw", "pitch", "zoom", "resolution", "idle_motion", "paused", "render"):
             value = getattr(change, name)
             if value is not None:
                 setattr(v, name, value)

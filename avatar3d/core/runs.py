@@ -56,6 +56,11 @@ class RunPaths:
         return self.root / "prior.pt"
 
     @property
+    def viewer_pack(self) -> Path:
+        """The avatar baked for the viewer's browser render mode (made by ``avatar3d view`` on first use)."""
+        return self.root / "viewer.a3dw"
+
+    @property
     def losses(self) -> Path:
         return self.root / "losses.jsonl"
 

@@ -120,41 +120,30 @@ def write_pack(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> int:
     return 12 + len(text) + offset
 
 
-def run_export_web(config: ExportWebConfig) -> dict:
+def build_pack(avatar, scene, run_name: str, loop: np.ndarray, bake: BakeConfig = BakeConfig(),
+               jpeg_quality: int = 85) -> tuple[dict, dict[str, np.ndarray], dict]:
+    """A Gaussian ``avatar`` (motion-only) of ``scene`` baked into the file's header and arrays
+    (module docstring), with the bases of dataset frames ``loop`` [F]; and the bake's summary."""
     import cv2
 
-    from avatar3d.core.avatar import load_avatar
-    from avatar3d.core.runs import open_run
-    from avatar3d.core.scene import load_run_scene
     from avatar3d.core.vocab import BLENDSHAPE_NAMES
-    from avatar3d.device import resolve_device
-    from avatar3d.drive.render import FrameBases, check_output
+    from avatar3d.drive.render import FrameBases
     from avatar3d.gaussian.bake import bake_avatar
 
-    t0 = time.time()
-    out = check_output(config.output, ".a3dw")
-    if config.frames < 1 or not 1 <= config.jpeg_quality <= 100:
-        raise UserError(f"--frames must be >= 1 and --jpeg-quality 1..100, got {config.frames}, {config.jpeg_quality}")
-    info = open_run(config.run)
-    if info.field != "gaussian":
-        raise UserError(f"run {info.run} is a {info.field!r} field: only Gaussian avatars can be baked for the browser")
-    device = resolve_device(config.device)
-    avatar = load_avatar(info.run, device)
-    scene = load_run_scene(info, avatar.audio_features)
     train = np.asarray(scene.train)
-    baked, summary = bake_avatar(avatar, scene.motion[train], config.bake)
+    baked, summary = bake_avatar(avatar, scene.motion[train], bake)
     weights = baked.face_deform.weights.detach().cpu()
     arrays = {**_gaussian_arrays("face", avatar.face), **_gaussian_arrays("mouth", avatar.mouth)}
     arrays["mouth.basis"] = avatar.mouth.params["motion_basis"].detach().cpu().numpy().astype(np.float16).reshape(
         len(avatar.mouth), -1, 3)
     arrays["face.bias"] = weights[52].numpy().astype(np.float16)
     arrays.update(quantised_terms(weights))
-    loop = train[: config.frames]
+    loop = np.asarray(loop)
     bases = FrameBases(scene, loop)
     jpegs = []
     for i in loop:
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(bases[int(i)].image[..., ::-1]),
-                               [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+                               [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         if not ok:
             raise UserError(f"could not encode the base of frame {int(i)} as JPEG")
         jpegs.append(buf.tobytes())
@@ -162,15 +151,42 @@ def run_export_web(config: ExportWebConfig) -> dict:
     arrays["frames.jpeg_offsets"] = np.concatenate([[0], np.cumsum([len(j) for j in jpegs])]).astype(np.uint32)
     lo, hi = baked.face_deform.lo.cpu(), baked.face_deform.hi.cpu()
     header = {
-        "format": FORMAT, "version": VERSION, "run": info.run.name, "frame_size": scene.frame_size,
+        "format": FORMAT, "version": VERSION, "run": run_name, "frame_size": scene.frame_size,
         "window": scene.window.to_json(), "K": scene.K.tolist(), "neck_reach": scene.neck_reach,
         "num_face": len(avatar.face), "num_mouth": len(avatar.mouth),
         "motion": {"channels": list(BLENDSHAPE_NAMES), "lo": lo.tolist(), "hi": hi.tolist()},
         "mouth_channels": avatar.mouth_deform.code_index.tolist(),
-        "bake": {**summary, "config": {k: getattr(config.bake, k) for k in config.bake.__dataclass_fields__}},
+        "bake": {**summary, "config": {k: getattr(bake, k) for k in bake.__dataclass_fields__}},
         "frames": {"index": loop.tolist(), "R": scene.R[loop].tolist(), "t": scene.t[loop].tolist(),
                    "code": scene.motion[loop].tolist()},
     }
+    return header, arrays, summary
+
+
+def check_bakeable(info) -> None:
+    """UserError unless the run (:func:`avatar3d.core.runs.open_run`) holds a Gaussian avatar."""
+    if info.field != "gaussian":
+        raise UserError(f"run {info.run} is a {info.field!r} field: only Gaussian avatars can be baked for the browser")
+
+
+def run_export_web(config: ExportWebConfig) -> dict:
+    from avatar3d.core.avatar import load_avatar
+    from avatar3d.core.runs import open_run
+    from avatar3d.core.scene import load_run_scene
+    from avatar3d.device import resolve_device
+    from avatar3d.drive.render import check_output
+
+    t0 = time.time()
+    out = check_output(config.output, ".a3dw")
+    if config.frames < 1 or not 1 <= config.jpeg_quality <= 100:
+        raise UserError(f"--frames must be >= 1 and --jpeg-quality 1..100, got {config.frames}, {config.jpeg_quality}")
+    info = open_run(config.run)
+    check_bakeable(info)
+    device = resolve_device(config.device)
+    avatar = load_avatar(info.run, device)
+    scene = load_run_scene(info, avatar.audio_features)
+    loop = np.asarray(scene.train)[: config.frames]
+    header, arrays, summary = build_pack(avatar, scene, info.run.name, loop, config.bake, config.jpeg_quality)
     nbytes = write_pack(out, header, arrays)
     seconds = time.time() - t0
     result = {"output": str(out), "bytes": nbytes, "num_face": len(avatar.face), "num_mouth": len(avatar.mouth),

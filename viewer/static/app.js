@@ -22,6 +22,9 @@ const stats = (window.avatar3dStats = {
   mouth_latency_ms: [], onsets: 0, drift_ms_p50: null, drift_ms_p95: null, drift_log: [],
   dropped: 0, render_ms: null, beyond_training: false, motion: null, jaw: null, codes: [], errors: [], ended: false,
   resolution: null, session: null, shown: null,
+  // browser render mode: the baked avatar's file (bytes, ms to load and set up) and the page's
+  // own drawing (ms a frame, medians of the last 250), the Gaussians drawn, the draw of the frame shown
+  browser: { bytes: null, load_ms: null, draw_ms: null, gaussians: null, half_float: null, shown_draw: null },
   // mic mode, per drawn frame (ms, medians of the last 250): audio of the frame and its
   // look-ahead complete -> frame received (server + network), received -> on screen
   budget: { server_network_ms: null, render_ms: null, decode_display_ms: null },
@@ -37,8 +40,11 @@ let sampleTimes = []; // [chunkIndex] -> performance ms of the chunk's first sam
 let samplesSent = 0;
 let lastDrawnK = -1, pendingOnset = null, quietMs = QUIET_MS;
 const latencies = [], drifts = [], drawTimes = [];
-const frameBuffer = new Map(); // file mode: k -> {t, bitmap}
-let view = { yaw: 0, pitch: 0, zoom: 1, resolution: null, idle_motion: true, paused: false, expression: {} };
+const frameBuffer = new Map(); // file mode: k -> {t, jaw, bitmap} (server render) or {t, jaw, draw} (browser render)
+let view = { yaw: 0, pitch: 0, zoom: 1, resolution: null, idle_motion: true, paused: false, expression: {}, render: "server" };
+let baked = null; // browser render mode: the A3DW.BakedAvatar (splat.js)
+let drawing = null, nextDraw = null; // browser render mode, mic: the draw in progress and the newest waiting
+const browserDrawMs = [];
 
 function pct(a, p) {
   if (!a.length) return null;
@@ -49,10 +55,6 @@ function push(arr, v, n = 250) { arr.push(v); if (arr.length > n) arr.shift(); }
 function showError(msg) { $("error").textContent = msg; push(stats.errors, msg, 50); }
 
 // -- connection --------------------------------------------------------------------------------
-if (query.get("render") === "browser") {
-  // the baked-avatar browser renderer is not part of this viewer yet; server rendering stands in
-  queueMicrotask(() => showError("render=browser is not available yet: frames are drawn by the server"));
-}
 
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -70,7 +72,8 @@ function onText(msg) {
     $("title").textContent = `avatar3d · ${msg.run} (${msg.field}, ${msg.device})`;
     buildControls();
     const start = query.get("autostart") !== "0";
-    setMode(stats.mode, start);
+    const want = query.get("render") === "browser" ? "browser" : "server";
+    setRender(want).then(() => setMode(stats.mode, start));
   } else if (msg.type === "error") {
     showError(msg.message);
     if (msg.fatal) hud.textContent = msg.message;
@@ -86,6 +89,7 @@ function onFrame(buf) {
   stats.frames++; stats.motion = head.motion; stats.jaw = head.jaw; stats.dropped = head.dropped;
   push(stats.codes, [head.k, head.t, head.jaw], KEEP);
   if (head.render_ms) stats.render_ms = head.render_ms;
+  if (head.draw) { onDrawFrame(head); return; }
   if (!jpeg.length) return;
   stats.beyond_training = head.beyond_training;
   head.received = performance.now();
@@ -98,14 +102,41 @@ function onFrame(buf) {
   }
 }
 
-function display(head, bitmap) {
-  if (head.k <= lastDrawnK) { bitmap.close(); return; }
-  if (canvas.width !== bitmap.width) { canvas.width = bitmap.width; canvas.height = bitmap.height; }
-  g2d.drawImage(bitmap, 0, 0);
-  bitmap.close();
+// browser render mode: a frame header with `draw` (no picture): the page draws it (splat.js)
+function onDrawFrame(head) {
+  if (!baked) return;
+  stats.beyond_training = head.beyond_training;
+  head.received = performance.now();
+  if (stats.mode === "file") { frameBuffer.set(head.k, { t: head.t, jaw: head.jaw, draw: head.draw }); return; }
+  nextDraw = head; // mic: draw the newest; frames that arrive while one is drawn wait, only the newest
+  if (!drawing) drawing = drawPending();
+}
+async function drawPending() {
+  while (nextDraw) {
+    const head = nextDraw; nextDraw = null;
+    try { display(head, await drawBaked(head.draw)); } catch (e) { showError(`browser render: ${e.message || e}`); }
+  }
+  drawing = null;
+}
+async function drawBaked(draw) {
+  const t0 = performance.now();
+  const picture = await baked.draw(draw);
+  push(browserDrawMs, performance.now() - t0);
+  stats.browser.draw_ms = pct(browserDrawMs, 0.5); stats.browser.gaussians = baked.stats.visible;
+  stats.browser.parts_ms = { ...baked.stats };
+  return picture;
+}
+
+// Show a picture (ImageBitmap from the server, or the baked avatar's canvas) for frame head.k.
+function display(head, picture) {
+  if (head.k <= lastDrawnK) { if (picture.close) picture.close(); return; }
+  if (canvas.width !== picture.width) { canvas.width = picture.width; canvas.height = picture.height; }
+  g2d.drawImage(picture, 0, 0);
+  if (picture.close) picture.close();
   const now = performance.now();
   lastDrawnK = head.k; stats.frames_drawn++; stats.resolution = canvas.width;
   stats.shown = [head.k, head.jaw];
+  stats.browser.shown_draw = head.draw || null;
   push(drawTimes, now, 100);
   if (stats.mode === "mic") {
     const captured = sampleTime(head.k * 640);
@@ -141,7 +172,8 @@ setInterval(() => { // once a second: fps and the on-screen numbers
       (stats.mouth_latency_ms.length ? `  mouth ${pct(stats.mouth_latency_ms, 0.5)} ms` : "")
     : `drift ${stats.drift_ms_p50 ?? "-"} ms (p95 ${stats.drift_ms_p95 ?? "-"})`;
   hud.textContent = `${stats.mode} · ${stats.fps} fps · ${lat}\nframes ${stats.frames}  dropped ${stats.dropped}  ` +
-    `server ${stats.render_ms ?? "-"} ms/frame  ${canvas.width}²` +
+    (stats.render === "browser" ? `drawn here ${stats.browser.draw_ms ?? "-"} ms/frame` : `server ${stats.render_ms ?? "-"} ms/frame`) +
+    `  ${canvas.width}²` +
     (stats.beyond_training ? "\nturned beyond the training clip's poses: extrapolated" : "");
 }, 1000);
 
@@ -277,15 +309,19 @@ function showFileFrames() {
     for (const [k, f] of frameBuffer) {
       if (f.t <= pos) { if (!best || k > best.k) best = { k, ...f }; }
     }
-    if (best && best.bitmap && best.k > lastDrawnK) {
+    if (best && (best.bitmap || (best.draw && !drawing)) && best.k > lastDrawnK) {
       for (const k of frameBuffer.keys()) if (k <= best.k) { const f = frameBuffer.get(k); if (k < best.k && f.bitmap) f.bitmap.close(); frameBuffer.delete(k); }
-      const d = (pos - best.t) * 1000;
-      push(drifts, d);
-      stats.drift_ms_p50 = pct(drifts, 0.5); stats.drift_ms_p95 = pct(drifts, 0.95);
-      if (!stats.drift_log.length || pos - stats.drift_log[stats.drift_log.length - 1][0] >= 10) {
-        push(stats.drift_log, [Math.round(pos * 10) / 10, stats.drift_ms_p50], 10000); // [s, median of recent]
-      }
-      display({ k: best.k, jaw: best.jaw }, best.bitmap);
+      const shown = (picture) => {
+        const d = (fileClock() - best.t) * 1000;
+        push(drifts, d);
+        stats.drift_ms_p50 = pct(drifts, 0.5); stats.drift_ms_p95 = pct(drifts, 0.95);
+        if (!stats.drift_log.length || pos - stats.drift_log[stats.drift_log.length - 1][0] >= 10) {
+          push(stats.drift_log, [Math.round(pos * 10) / 10, stats.drift_ms_p50], 10000); // [s, median of recent]
+        }
+        display({ k: best.k, jaw: best.jaw, draw: best.draw }, picture);
+      };
+      if (best.bitmap) shown(best.bitmap);
+      else drawing = drawBaked(best.draw).then(shown, (e) => showError(`browser render: ${e.message || e}`)).finally(() => { drawing = null; });
     }
     if (file.ended && stats.ended && pos > file.pcm.length / 16000 + 0.2) { stats.state = "done"; }
   }
@@ -301,6 +337,27 @@ function fileStop() {
 }
 
 // -- controls ----------------------------------------------------------------------------------
+// Who draws the frames: "server" (JPEGs) or "browser" (the baked avatar, loaded once, drawn here).
+async function setRender(render) {
+  if (render === "browser" && !ready.renders.includes("browser")) {
+    showError("this run cannot be drawn in the browser; the server draws it"); render = "server";
+  }
+  if (render === "browser" && !baked) {
+    const t0 = performance.now();
+    hud.textContent = "loading the avatar…";
+    try {
+      baked = await A3DW.load(`/api/avatar.a3dw${TOKEN ? "?token=" + encodeURIComponent(TOKEN) : ""}`,
+        (got, total) => { hud.textContent = `loading the avatar… ${(got / 1e6).toFixed(1)}${total ? " / " + (total / 1e6).toFixed(1) : ""} MB`; });
+      await baked.base(0);
+      Object.assign(stats.browser, { bytes: baked.bytes, load_ms: Math.round(performance.now() - t0), half_float: baked.halfFloat });
+    } catch (e) {
+      showError(`browser render: ${e.message || e}; the server draws`); render = "server";
+    }
+  }
+  stats.render = render; $("render").value = render;
+  control({ render });
+}
+
 async function setMode(mode, start) {
   stats.mode = mode;
   document.querySelector(`input[name=mode][value=${mode}]`).checked = true;
@@ -313,6 +370,7 @@ async function setMode(mode, start) {
 }
 
 function buildControls() {
+  $("render").onchange = () => setRender($("render").value);
   const res = $("resolution"); res.innerHTML = "";
   for (const r of ready.resolutions) res.add(new Option(`${r}²`, r, false, r === ready.resolution));
   const want = Number(query.get("res"));
