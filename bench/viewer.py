@@ -18,6 +18,10 @@
    the chunk that makes a frame's code final to receiving the frame (the server + network part of
    the latency; add 120 ms of audio for the frame latency), at 128², 256², 512², for each avatar
    given. This part needs no browser (``--skip latency drift``: the GPU check runs it so).
+   With ``--render browser`` the page draws the baked avatar itself (the viewer's browser render
+   mode): the server + network part then carries motion codes only, and decode + display is the
+   page's own drawing; the page's numbers (file size, load time, ms a frame, frames drawn a
+   second) are reported under ``browser``. The fps part always measures the server's pictures.
 3. **Drift** (headless Chromium, file mode): a ``--drift-minutes`` wav chosen in the page's file
    picker plays to the end; the page logs every 10 s the median, over its last 250 frames, of
    (audio clock at display - the frame's audio time). Reported: the first and last minute's logs.
@@ -109,7 +113,16 @@ def prior_cost_ms(run: Path, audio: np.ndarray) -> float:
     return (time.perf_counter() - t0) / n * 1e3
 
 
-def latency(run: Path, pool: np.ndarray, tmp: Path, resolution: int, n_bursts: int, threads: int = 0) -> dict:
+def browser_numbers(s: dict, seconds: float) -> dict | None:
+    """What the page reports of its own drawing in browser render mode (None in server mode)."""
+    if s["render"] != "browser":
+        return None
+    b = {k: v for k, v in s["browser"].items() if k != "shown_draw"}
+    return {**b, "frames_drawn_per_s": round(s["frames_drawn"] / seconds, 2)}
+
+
+def latency(run: Path, pool: np.ndarray, tmp: Path, resolution: int, n_bursts: int, threads: int = 0,
+            render: str = "server") -> dict:
     from avatar3d.viewer.browser import chromium, viewer_server, wait_for
 
     audio, onsets = bursts(pool, n_bursts)
@@ -118,11 +131,14 @@ def latency(run: Path, pool: np.ndarray, tmp: Path, resolution: int, n_bursts: i
     threshold = rest + 0.5 * (float(np.percentile(jaw, 95)) - rest)
     delays = code_delays_ms(jaw, threshold, onsets)
     with viewer_server(run, "--threads", str(threads)) as url, chromium(wav) as driver:
-        driver.get(f"{url}?mode=mic&res={resolution}&jaw={threshold:.4f}")
+        driver.get(f"{url}?mode=mic&res={resolution}&jaw={threshold:.4f}&render={render}")
         need = int(len(audio) / 16000 * 25) - 10
         s = wait_for(driver, lambda s: s["frames"] >= need, len(audio) / 16000 + 60, "the whole wav")
     lat = np.array(s["mouth_latency_ms"], float)
+    if s["render"] != render:
+        raise SystemExit(f"bench/viewer.py: the page drew with {s['render']!r}, not {render!r}: {s['errors']}")
     return {
+        "render": render, "browser": browser_numbers(s, len(audio) / 16000),
         "resolution": resolution, "bursts": n_bursts, "onsets_seen": s["onsets"], "jaw_threshold": round(threshold, 4),
         "jaw_rest": round(rest, 4), "mouth_latency_ms": lat.tolist(),
         "mouth_latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
@@ -189,7 +205,7 @@ def fps(run: Path, audio: np.ndarray, seconds: float, threads: int = 0, device: 
     return out
 
 
-def drift(run: Path, pool: np.ndarray, tmp: Path, minutes: float, resolution: int) -> dict:
+def drift(run: Path, pool: np.ndarray, tmp: Path, minutes: float, resolution: int, render: str = "server") -> dict:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -199,7 +215,7 @@ def drift(run: Path, pool: np.ndarray, tmp: Path, minutes: float, resolution: in
     audio = np.concatenate([pool, np.zeros(16000, np.float32)])
     wav = write_wav(tmp / "long.wav", np.tile(audio, n // len(audio) + 1)[:n] * 0.8)
     with viewer_server(run) as url, chromium() as driver:
-        driver.get(f"{url}?mode=file&autostart=0&res={resolution}")
+        driver.get(f"{url}?mode=file&autostart=0&res={resolution}&render={render}")
         wait_for(driver, lambda s: s["state"] == "ready", 60, "the page")
         Select(driver.find_element(By.ID, "file-source")).select_by_value("pick")
         driver.find_element(By.ID, "file-input").send_keys(str(wav))
@@ -207,7 +223,8 @@ def drift(run: Path, pool: np.ndarray, tmp: Path, minutes: float, resolution: in
     log = s["drift_log"]  # [[seconds, median drift ms of the last 250 frames], ...]
     first = [d for t, d in log if t <= 60 and d is not None]
     last = [d for t, d in log if t >= minutes * 60 - 60 and d is not None]
-    return {"minutes": minutes, "resolution": resolution, "log": log, "frames": s["frames"],
+    return {"render": render, "browser": browser_numbers(s, minutes * 60), "minutes": minutes,
+            "resolution": resolution, "log": log, "frames": s["frames"],
             "frames_drawn": s["frames_drawn"], "drift_ms_first_minute": first, "drift_ms_last_minute": last,
             "drift_growth_ms": round(float(np.median(last) - np.median(first)), 1) if first and last else None,
             "drift_ms_p95_last_250": s["drift_ms_p95"]}
@@ -220,6 +237,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--resolution", type=int, default=128, help="output size for the latency and drift runs")
     ap.add_argument("--bursts", type=int, default=8)
+    ap.add_argument("--render", choices=["server", "browser"], default="server",
+                    help="who draws the frames in the latency and drift runs (the page's render mode)")
     ap.add_argument("--fps-seconds", type=float, default=8.0)
     ap.add_argument("--drift-minutes", type=float, default=10.0, help="0 = skip the drift run")
     ap.add_argument("--skip", nargs="*", default=[], choices=["latency", "fps", "drift"])
@@ -241,14 +260,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "latency" not in args.skip:
-            result["latency"] = latency(args.tiny, pool, tmp, args.resolution, args.bursts, args.threads)
+            result["latency"] = latency(args.tiny, pool, tmp, args.resolution, args.bursts, args.threads,
+                                        args.render)
             print(f"latency: {result['latency']}", file=sys.stderr)
         if "fps" not in args.skip:
             result["fps"] = {"tiny": fps(args.tiny, pool, args.fps_seconds, args.threads, args.device)}
             if args.small:
                 result["fps"]["small"] = fps(args.small, pool, args.fps_seconds, args.threads, args.device)
         if "drift" not in args.skip and args.drift_minutes > 0:
-            result["drift"] = drift(args.tiny, pool, tmp, args.drift_minutes, args.resolution)
+            result["drift"] = drift(args.tiny, pool, tmp, args.drift_minutes, args.resolution, args.render)
     result["runs"] = {"tiny": str(args.tiny), "small": str(args.small) if args.small else None}
     result["peak_rss_gb"] = peak_rss_gb()
     report(result, args.out)

@@ -144,7 +144,10 @@ function display(head, picture) {
       push(latencies, now - captured);
       stats.latency_ms_p50 = pct(latencies, 0.5); stats.latency_ms_p95 = pct(latencies, 0.95);
     }
-    const complete = sampleTime((head.k + 1 + ready.lookahead_frames) * 640);
+    // the end of the frame's look-ahead: the time of its last sample, plus that sample's 1/16 ms
+    // (the sample after it may not be captured yet when a frame comes back this fast)
+    const last = sampleTime((head.k + 1 + ready.lookahead_frames) * 640 - 1);
+    const complete = last === null ? null : last + 1000 / 16000;
     if (complete !== null && head.received) {
       push(budget.server_network_ms, head.received - complete);
       push(budget.render_ms, head.render_ms);
