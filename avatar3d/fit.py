@@ -52,8 +52,9 @@ class FitConfig:
     params: FitParams = None  # type: ignore[assignment]  # None: the preset's (see resolved_params)
     """The hyper-parameters themselves: the preset's, with any field overridden here
     (--params.steps 300)."""
-    field: Literal["gaussian"] = "gaussian"
-    """The kind of avatar: a deformable 3D Gaussian field."""
+    field: Literal["gaussian", "nerf"] = "gaussian"
+    """The kind of avatar: a deformable 3D Gaussian field, or a hash-grid NeRF conditioned on the
+    motion code (its hyper-parameters: --params.nerf.*)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device to fit on; auto = cuda when available, else cpu."""
     resume: bool = False
@@ -257,7 +258,7 @@ def _start_wandb(config: FitConfig, params: FitParams, out: Path):
 
 # field -> the module holding its ``Trainer`` (start/resume/train_step/checkpoint/save_avatar/
 # counts, an ``avatar`` drawn through avatar3d.core.avatar) and its ``load_fit_data``
-FIELD_TRAINERS: dict[str, str] = {"gaussian": "avatar3d.gaussian.trainer"}
+FIELD_TRAINERS: dict[str, str] = {"gaussian": "avatar3d.gaussian.trainer", "nerf": "avatar3d.nerf.trainer"}
 
 
 def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> dict:

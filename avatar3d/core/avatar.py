@@ -26,6 +26,7 @@ from avatar3d.errors import UserError
 # field name (config.json's fit.field) -> (module, class with a ``load(run, device, **options)``)
 FIELDS: dict[str, tuple[str, str]] = {
     "gaussian": ("avatar3d.gaussian.avatar", "GaussianAvatar"),
+    "nerf": ("avatar3d.nerf.avatar", "NerfAvatar"),
 }
 
 

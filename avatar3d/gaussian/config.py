@@ -20,6 +20,7 @@ from avatar3d.errors import UserError
 from avatar3d.gaussian.deform import DeformConfig
 from avatar3d.gaussian.gaussians import StrategyConfig
 from avatar3d.gaussian.rasterize import Backend
+from avatar3d.nerf.config import NerfConfig
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class FitParams:
     """Audio frames around each video frame given to the deformation field."""
     deform: DeformConfig = field(default_factory=DeformConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    nerf: NerfConfig = field(default_factory=NerfConfig)
+    """The NeRF field's own (``--field nerf``; the Gaussian-only fields above are unused there)."""
     checkpoint_every: int = 1000
     """Steps between checkpoints."""
     log_every: int = 25
@@ -146,6 +149,11 @@ PRESETS: dict[str, FitParams] = {
         ),
         checkpoint_every=200,
         prior_finetune_steps=60,
+        nerf=NerfConfig(
+            num_levels=8, features_per_level=2, log2_table_size=12, base_resolution=16, max_resolution=256,
+            hidden=32, geo_dim=8, cond_dim=16, samples_per_ray=32, rays_per_step=1024,
+            occupancy_resolution=32, occupancy_every=25, occupancy_warmup=150,
+        ),
     ),
 }
 # tiny at 256² and twice the steps: the CPU preset for a real clip whose shut mouth matters (at

@@ -9,23 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from avatar3d.core.camera import project_points
-from avatar3d.core.vocab import FOREHEAD, INNER_LIPS, MOUTH_INTERIOR_CHANNELS, SUBNASALE
+from avatar3d.core.headbox import head_box
+from avatar3d.core.vocab import INNER_LIPS, MOUTH_INTERIOR_CHANNELS, SUBNASALE
 from avatar3d.gaussian.avatar import AvatarSpec, GaussianAvatar
 from avatar3d.gaussian.config import FitParams
 from avatar3d.gaussian.data import FitData
 from avatar3d.gaussian.deform import MotionStats
 from avatar3d.gaussian.gaussians import Gaussians
-
-
-def _head_frame(data: FitData) -> tuple[torch.Tensor, torch.Tensor]:
-    """An orthonormal head frame (right, up, forward towards the camera) [3, 3] rows, and the face centre."""
-    centre = data.canonical.mean(0)
-    cams = -(data.R.transpose(1, 2) @ data.t[..., None])[..., 0]  # [N, 3] camera centres
-    fwd = F.normalize(cams[data.train].mean(0) - centre, dim=0)
-    up = (data.R[data.train].transpose(1, 2) @ torch.tensor([0.0, -1.0, 0.0]))[..., :].mean(0)
-    up = F.normalize(up - (up @ fwd) * fwd, dim=0)
-    right = torch.linalg.cross(up, fwd)
-    return torch.stack([right, up, fwd]), centre
 
 
 def _sample_colors(points: torch.Tensor, data: FitData, frames: np.ndarray) -> torch.Tensor:
@@ -41,16 +31,9 @@ def _sample_colors(points: torch.Tensor, data: FitData, frames: np.ndarray) -> t
 def init_avatar(data: FitData, params: FitParams, generator: torch.Generator) -> GaussianAvatar:
     """A new avatar for ``data`` (see module docstring), drawn from ``generator``, rasterized
     with ``params.backend``."""
-    axes, centre = _head_frame(data)
+    box = head_box(data.canonical, data.R, data.t, data.train, data.neck_reach)
+    axes, centre, box_lo, box_hi, w = box.axes, box.centre, box.lo, box.hi, box.face_width
     lm = data.canonical
-    local = (lm - centre) @ axes.T  # [478, 3] in (right, up, forward)
-    lo, hi = local.min(0).values, local.max(0).values
-    w = float(hi[0] - lo[0])
-    nose_to_forehead = float(local[FOREHEAD, 1] - local[SUBNASALE, 1])
-    neck = float(local[SUBNASALE, 1]) - (data.neck_reach + 0.1) * nose_to_forehead  # below the drawn neck
-    bottom = min(float(lo[1]) - 0.15 * w, neck)
-    box_lo = torch.stack([lo[0] - 0.3 * w, torch.tensor(bottom), hi[2] - 1.1 * w])
-    box_hi = torch.stack([hi[0] + 0.3 * w, hi[1] + 0.6 * w, hi[2] + 0.05 * w])
 
     # Inside of the mouth: an ellipsoid behind the inner lip contour (mouth branch only).
     lips = (lm[list(INNER_LIPS)] - centre) @ axes.T
@@ -94,8 +77,7 @@ def init_avatar(data: FitData, params: FitParams, generator: torch.Generator) ->
         m_pts, m_cols, 0.02 * w, 0.5,
         extra={"motion_basis": torch.zeros(params.num_mouth, 3 * len(MOUTH_INTERIOR_CHANNELS))},
     )
-    corners = torch.stack(torch.meshgrid(*[torch.stack([box_lo[k], box_hi[k]]) for k in range(3)], indexing="ij"), -1)
-    corners = corners.reshape(-1, 3) @ axes + centre
+    corners = box.world_corners()
     audio_dim = 0 if data.audio is None else int(data.audio.shape[1])
     spec = AvatarSpec(
         deform=params.deform,
