@@ -152,7 +152,7 @@ PRESETS: dict[str, FitParams] = {
         nerf=NerfConfig(
             num_levels=8, features_per_level=2, log2_table_size=12, base_resolution=16, max_resolution=256,
             hidden=32, geo_dim=8, cond_dim=16, samples_per_ray=32, rays_per_step=1024,
-            occupancy_resolution=32, occupancy_every=25, occupancy_warmup=150,
+            occupancy_resolution=32, occupancy_every=50, occupancy_warmup=150,
         ),
     ),
 }

@@ -80,19 +80,21 @@ class OccupancyGrid:
         self.resolution = resolution
         self.cells = torch.ones(resolution, resolution, resolution, dtype=torch.bool, device=device)
 
-    def update(self, density, threshold: float, generator: torch.Generator, points_per_cell: int = 2,
-               batch: int = 1 << 16) -> float:
-        """Mark the cells where ``density(u [M, 3]) -> [M]`` exceeds ``threshold`` at any of
-        ``points_per_cell`` random points (the cell's centre first), grown by one cell each way
-        (a 3x3x3 max-pool: density between the points is caught by a neighbour's). Returns the
+    def update(self, density, threshold: float, subdivisions: int = 2, batch: int = 1 << 16) -> float:
+        """Mark the cells where ``density(u [M, 3]) -> [M]`` exceeds ``threshold`` at any point of
+        a lattice ``subdivisions`` times finer than the cells (the centres of each cell's
+        sub-cells), grown by one cell each way (a 3x3x3 max-pool). Whatever holds a ball of
+        density of radius sqrt(3) / (2 subdivisions) cells (0.43 at 2, about the spacing of a
+        ray's samples when the grid matches them) is then marked wherever it carries density:
+        some lattice point lies in that ball within 0.87 cells of any of its points. Returns the
         share of cells occupied."""
-        G = self.resolution
+        G, k = self.resolution, subdivisions
         idx = torch.stack(torch.meshgrid(*[torch.arange(G)] * 3, indexing="ij"), -1).reshape(-1, 3).float()
+        sub = torch.stack(torch.meshgrid(*[torch.arange(k)] * 3, indexing="ij"), -1).reshape(-1, 3).float()
         peak = torch.zeros(G**3)
         with torch.no_grad():
-            for p in range(points_per_cell):
-                jitter = torch.full_like(idx, 0.5) if p == 0 else torch.rand(idx.shape, generator=generator)
-                u = (idx + jitter) / G
+            for offset in (sub + 0.5) / k:
+                u = (idx + offset) / G
                 for s in range(0, len(u), batch):
                     peak[s:s + batch] = torch.maximum(peak[s:s + batch], density(u[s:s + batch].to(self.cells.device)).float().cpu())
         hot = (peak > threshold).reshape(1, 1, G, G, G).float()

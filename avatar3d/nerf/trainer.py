@@ -28,7 +28,7 @@ from avatar3d.gaussian.losses import make_target
 from avatar3d.nerf.avatar import NerfAvatar, NerfSpec
 from avatar3d.nerf.march import camera_rays
 
-OCCUPANCY_CODES = 6  # training codes whose densities the occupancy grid is the max over
+OCCUPANCY_CODES = 4  # training codes whose densities the occupancy grid is the max over
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Trainer:
         def density(u: torch.Tensor) -> torch.Tensor:
             return torch.stack([self.avatar.field.density(u, code[None]) for code in codes]).amax(0)
 
-        self.avatar.occupancy.update(density, c.occupancy_threshold, self.generator)
+        self.avatar.occupancy.update(density, c.occupancy_threshold)
 
     def train_step(self, data: FitData, params: FitParams, device) -> tuple[dict[str, float], float]:
         c = params.nerf
