@@ -1,4 +1,5 @@
-"""Benchmark: head render speed of a fitted avatar (deformation + rasterization, one frame at a time).
+"""Benchmark: head render speed of a fitted avatar (either field: deformation + rasterization, or
+ray marching; one frame at a time).
 
 Renders the val frames of the avatar's dataset with their tracked poses and blendshapes at the
 dataset's full frame size (or --size), after warm-up, and reports frames per second. With
@@ -55,7 +56,10 @@ def main(cfg: BenchConfig) -> dict:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: pass --device cpu")
     device = torch.device(cfg.device)
-    avatar = load_avatar(cfg.run, device, backend=cfg.backend)
+    from avatar3d.core.runs import open_run
+
+    field = open_run(cfg.run).field
+    avatar = load_avatar(cfg.run, device, **({"backend": cfg.backend} if field == "gaussian" else {}))
     manifest = read_manifest(cfg.data)
     tracks = load_tracks(cfg.data)
     size = cfg.size or manifest.size
@@ -89,8 +93,9 @@ def main(cfg: BenchConfig) -> dict:
         "ms_per_frame": 1000 * seconds / cfg.frames,
         "size": size,
         "frames": cfg.frames,
-        "gaussians": sum(avatar.num_gaussians()),
-        "backend": resolve_backend(cfg.backend, device),
+        "field": field,
+        "gaussians": sum(avatar.num_gaussians()) if field == "gaussian" else None,
+        "backend": resolve_backend(cfg.backend, device) if field == "gaussian" else "ray marching (PyTorch)",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "run": str(cfg.run),

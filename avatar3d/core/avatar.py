@@ -66,6 +66,18 @@ class Avatar(Protocol):
         ...
 
 
+def write_avatar(folder: Path, spec: dict, state: dict) -> None:
+    """A field's ``save``: avatar.json (its spec) and avatar.pt (its weights) into a run folder,
+    atomically each."""
+    from avatar3d.core.runs import RunPaths
+    from avatar3d.fsutil import atomic_path, write_json
+
+    paths = RunPaths(Path(folder))
+    write_json(paths.avatar_spec, spec)
+    with atomic_path(paths.avatar_weights) as tmp:
+        torch.save(state, tmp)
+
+
 def composite(rgba: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Head over a background. rgba [H, W, 4] (premultiplied colour), background [H, W, 3] -> [H, W, 3]"""
     return rgba[..., :3] + (1.0 - rgba[..., 3:]) * background

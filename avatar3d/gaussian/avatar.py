@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from avatar3d.core.avatar import Conditioning
+from avatar3d.core.avatar import Conditioning, write_avatar
 from avatar3d.core.camera import Camera
 from avatar3d.core.runs import RunPaths
 from avatar3d.errors import UserError
@@ -141,12 +141,7 @@ class GaussianAvatar(nn.Module):
 
     def save(self, folder: Path) -> None:
         """Write avatar.json (spec) and avatar.pt (weights) into ``folder`` (atomically each)."""
-        from avatar3d.fsutil import atomic_path, write_json
-
-        paths = RunPaths(Path(folder))
-        write_json(paths.avatar_spec, self.spec.to_json())
-        with atomic_path(paths.avatar_weights) as tmp:
-            torch.save(self.state_dict(), tmp)
+        write_avatar(folder, self.spec.to_json(), self.state_dict())
 
     @staticmethod
     def from_state(spec: AvatarSpec, state: dict[str, torch.Tensor], backend: Backend = "auto") -> "GaussianAvatar":

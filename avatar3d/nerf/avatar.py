@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from avatar3d.core.avatar import Conditioning
+from avatar3d.core.avatar import Conditioning, write_avatar
 from avatar3d.core.headbox import HeadBox
 from avatar3d.core.runs import RunPaths
 from avatar3d.errors import UserError
@@ -149,12 +149,7 @@ class NerfAvatar(nn.Module):
 
     def save(self, folder: Path) -> None:
         """Write avatar.json (spec) and avatar.pt (weights and occupancy grid) into ``folder``."""
-        from avatar3d.fsutil import atomic_path, write_json
-
-        paths = RunPaths(Path(folder))
-        write_json(paths.avatar_spec, self.spec.to_json())
-        with atomic_path(paths.avatar_weights) as tmp:
-            torch.save(self.state_dict(), tmp)
+        write_avatar(folder, self.spec.to_json(), self.state_dict())
 
     @staticmethod
     def from_state(spec: NerfSpec, state: dict) -> "NerfAvatar":

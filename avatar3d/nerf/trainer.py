@@ -41,6 +41,8 @@ class Trainer:
 
     @staticmethod
     def start(data: FitData, params: FitParams, device, paths: RunPaths) -> "Trainer":
+        if params.audio_features:
+            raise UserError("the NeRF field listens to the motion code only: fit it without --params.audio-features")
         generator = torch.Generator().manual_seed(params.seed)
         box = head_box(data.canonical, data.R, data.t, data.train, data.neck_reach)
         spec = NerfSpec.of_box(params.nerf, box)
