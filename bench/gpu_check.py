@@ -22,7 +22,9 @@ skipped, and its failure is recorded and printed without stopping the others:
 8. ``viewer``: ``avatar3d view`` of that run on the GPU with bench/viewer.py's WebSocket client
    (the dataset's audio at real-time pace): frames delivered per second at 128², 256², 512², and
    the server + network part of the live latency (no browser there: the 120 ms of audio and the
-   page's decode are added in BENCHMARKS.md).
+   page's decode are added in BENCHMARKS.md);
+9. ``nerf``: ``avatar3d fit DATASET --field nerf --preset tiny`` for a minute on the GPU (its hash
+   grid through the CUDA kernels) and bench/render_fps.py on it (about 2 minutes in all).
 
 ``bench/gpu_carry.py`` prepares what travels with the call (the dataset, the wheels the GPU
 machine lacks); BENCHMARKS.md has the exact call.
@@ -231,6 +233,29 @@ def main() -> int:
                                                          "server_network_ms_p95")}
                 for r in json.loads(res.read_text())["fps"]["tiny"]}
 
+    nerf_run = out / "run_nerf"
+
+    def nerf() -> dict:
+        """The NeRF field on the GPU (its hash grid through the CUDA kernels): a short tiny fit and
+        its render speed at the window's size."""
+        if nerf_run.exists():
+            shutil.rmtree(nerf_run)
+        common = [py, "-m", "avatar3d.cli", "fit", str(args.data), "-o", str(nerf_run), "--field", "nerf", "--no-progress",
+                  "--preset", "tiny", "--params.prior-finetune-steps", "0"]
+        if cuda:
+            cmd = [*common, "--device", "cuda", "--threads", "0", "--params.steps", "3000", "--max-minutes", "1"]
+        else:
+            cmd = [*common, "--device", "cpu", "--params.steps", "10", "--params.image-size", "48"]
+        sh(cmd, out / "nerf_fit.log", 240)
+        metrics = json.loads((nerf_run / "metrics.json").read_text())
+        res = out / "nerf_render_fps.json"
+        frames = ["--frames", "50", "--warmup", "5"] if cuda else ["--frames", "2", "--warmup", "1", "--size", "48"]
+        sh([py, "bench/render_fps.py", str(nerf_run), str(args.data), "--out", str(res), "--device", device, *frames],
+           out / "nerf_render_fps.log", 240)
+        r = json.loads(res.read_text())
+        return {**{k: metrics.get(k) for k in ("psnr", "psnr_head", "lmd_px", "steps_done", "fit_seconds")},
+                "render_fps": r["fps"], "render_size": r["size"]}
+
     run_step("environment", environment, steps)
     run_step("build_cuda_ext", build_cuda_ext, steps)
     gsplat_ok = run_step("build_gsplat", build_gsplat, steps).status == "ok"
@@ -240,6 +265,7 @@ def main() -> int:
     run_step("fit", fit, steps)
     run_step("render_fps", render_fps, steps)
     run_step("viewer", viewer, steps)
+    run_step("nerf", nerf, steps)
 
     report = {"dry_run": dry, "seconds": round(time.time() - t_start, 1), **provenance(device),
               "steps": [asdict(s) for s in steps]}

@@ -24,7 +24,7 @@ def test_gpu_check_dry_run_runs_or_explains_every_step(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["environment", "build_cuda_ext", "build_gsplat", "gpu_tests", "hashgrid_bench", "fit",
-                           "render_fps", "viewer"]
+                           "render_fps", "viewer", "nerf"]
     assert all(s["status"] in ("ok", "skipped") for s in steps.values()), steps
     assert all(s["detail"] for s in steps.values() if s["status"] == "skipped")  # every skip says why
     assert steps["build_cuda_ext"]["status"] == steps["build_gsplat"]["status"] == "skipped"
@@ -34,5 +34,6 @@ def test_gpu_check_dry_run_runs_or_explains_every_step(tmp_path):
     assert fit["steps_done"] == 20 and [c[1] for c in fit["val_psnr_head_over_time"]] == [10, 20]
     assert steps["render_fps"]["data"]["fps"] > 0 and steps["render_fps"]["data"]["composite_fps"] > 0
     assert set(steps["viewer"]["data"]) == {"128", "256", "512"}
+    assert steps["nerf"]["data"]["steps_done"] == 10 and steps["nerf"]["data"]["render_fps"] > 0
     md = (out / "gpu_check.md").read_text()
     assert "| fit | ok |" in md and "| gpu_tests | skipped |" in md

@@ -147,10 +147,15 @@ def test_browser_render_mode_draws_what_the_server_draws(run_dir, url, tmp_path)
     _bursts(tmp_path / "bursts.wav")
     with chromium(tmp_path / "bursts.wav") as driver:
         driver.get(f"{url}?mode=mic&render=browser")
-        s = wait_for(driver, lambda s: s["frames_drawn"] >= 30 and (s["jaw"] or 0) > 0.05, 90,
-                     "30 frames drawn by the page, the mouth open")
-        url_png, s = driver.execute_script(  # picture and parameters at the same moment
-            "return [document.getElementById('view').toDataURL('image/png'), JSON.parse(JSON.stringify(window.avatar3dStats))]")
+        s = wait_for(driver, lambda s: s["frames_drawn"] >= 30, 90, "30 frames drawn by the page")
+        grab = ("return [document.getElementById('view').toDataURL('image/png'), "  # picture and parameters
+                "JSON.parse(JSON.stringify(window.avatar3dStats))]")  # at the same moment
+        url_png, s = driver.execute_script(grab)
+        # orbit, zoom and a slider, as the page's controls send them: the page draws the new view
+        driver.execute_script("control({yaw: 6, pitch: -3, zoom: 1.6, expression: {smile: 0.6}})")
+        wait_for(driver, lambda s: (s["browser"]["shown_draw"] or {}).get("crop", [0, 0, 0])[2] < s["resolution"], 30,
+                 "a zoomed frame drawn by the page")
+        turned_png, t = driver.execute_script(grab)
         errors = console_errors(driver)
         driver.get(f"{url}?mode=file&render=browser")
         f = wait_for(driver, lambda s: s["state"] == "done", 90, "the clip to play to its end")
@@ -164,13 +169,16 @@ def test_browser_render_mode_draws_what_the_server_draws(run_dir, url, tmp_path)
 
     import cv2
 
-    shown = cv2.imdecode(np.frombuffer(base64.b64decode(url_png.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-    draw = s["browser"]["shown_draw"]
-    ours = ViewerModel(run_dir, torch.device("cpu")).draw_params(FrameParams.from_json(draw))
-    x, y, side, _ = draw["head"]
-    err = np.mean((shown[y:y + side, x:x + side].astype(float) - ours[y:y + side, x:x + side].astype(float)) ** 2)
-    psnr = 10 * np.log10(255 ** 2 / max(err, 1e-10))
-    cv2.imwrite(str(tmp_path / "browser_vs_server.png"), np.concatenate([shown, ours], 1)[..., ::-1])
-    # the bar is 30 dB; 42.6 dB measured here (Chromium 150, SwiftShader): 35 catches a
-    # projection off by 30 % in one axis (39 dB) only loosely, a wrong pose or composite surely
-    assert psnr >= 35.0, f"browser render {psnr:.1f} dB against the server's (see {tmp_path}/browser_vs_server.png)"
+    model = ViewerModel(run_dir, torch.device("cpu"))
+    assert t["browser"]["shown_draw"]["code"] != s["browser"]["shown_draw"]["code"]
+    for name, png, stats_ in (("mic", url_png, s), ("turned", turned_png, t)):
+        shown = cv2.imdecode(np.frombuffer(base64.b64decode(png.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        draw = stats_["browser"]["shown_draw"]
+        ours = model.draw_params(FrameParams.from_json(draw))
+        x, y, side, _ = draw["head"]
+        err = np.mean((shown[y:y + side, x:x + side].astype(float) - ours[y:y + side, x:x + side].astype(float)) ** 2)
+        psnr = 10 * np.log10(255 ** 2 / max(err, 1e-10))
+        cv2.imwrite(str(tmp_path / f"browser_vs_server_{name}.png"), np.concatenate([shown, ours], 1)[..., ::-1])
+        # the bar is 30 dB; 42.6 dB measured here (Chromium 150, SwiftShader): 35 catches a
+        # projection off by 30 % in one axis (39 dB) only loosely, a wrong pose or composite surely
+        assert psnr >= 35.0, f"{name}: browser render {psnr:.1f} dB against the server's (see {tmp_path})"

@@ -309,8 +309,11 @@ function showFileFrames() {
   const pos = fileClock();
   if (pos !== null && !view.paused) {
     let best = null;
+    // a frame the page draws itself is started that much ahead of its time (the median draw),
+    // so that it reaches the screen when the audio does
+    const lead = (stats.browser.draw_ms ?? 0) / 1000;
     for (const [k, f] of frameBuffer) {
-      if (f.t <= pos) { if (!best || k > best.k) best = { k, ...f }; }
+      if (f.t <= pos + (f.draw ? lead : 0)) { if (!best || k > best.k) best = { k, ...f }; }
     }
     if (best && (best.bitmap || (best.draw && !drawing)) && best.k > lastDrawnK) {
       for (const k of frameBuffer.keys()) if (k <= best.k) { const f = frameBuffer.get(k); if (k < best.k && f.bitmap) f.bitmap.close(); frameBuffer.delete(k); }
