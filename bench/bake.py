@@ -8,9 +8,8 @@ the baked render against the full render (mean and worst frame, premultiplied RG
 window), PSNR / head PSNR / LMD against the real frames beside the full avatar's
 (:func:`avatar3d.drive.val.val_metrics`, one implementation), the share of channel terms kept and
 the file's quantisation (:mod:`avatar3d.gaussian.webpack`: int8 terms per channel and component)
-applied, so the numbers are the file's. The channel terms take 520 bytes per face Gaussian whatever
-the pruning (pruned terms are zeros, which compress); the lip-channel products 280 more for each
-Gaussian that keeps one. JSON to --out (and stdout); BENCHMARKS.md has the table.
+applied, so the numbers are the file's. The terms take 520 bytes per face Gaussian whatever the pruning
+(pruned terms are zeros, which compress). JSON to --out (and stdout); BENCHMARKS.md has the table.
 """
 from __future__ import annotations
 
@@ -28,21 +27,21 @@ from provenance import peak_rss_gb, provenance, report  # noqa: E402
 
 
 def file_weights(weights: torch.Tensor) -> torch.Tensor:
-    """Baked weights [52 + P + 1, N, 10] as the file stores them (int8 terms, float16 bias) and reads them back."""
-    from avatar3d.gaussian.webpack import face_arrays, weights_from_arrays
+    """Baked weights [53, N, 10] as the file stores them (int8 terms, float16 bias) and reads them back."""
+    from avatar3d.gaussian.webpack import quantised_terms
 
-    return weights_from_arrays(face_arrays(weights), weights.shape[0] - 53)
+    q = quantised_terms(weights)
+    terms = torch.from_numpy(q["face.terms"].astype(np.float32)) * torch.from_numpy(q["face.term_scale"])
+    return torch.cat([terms.permute(1, 0, 2), weights[52:].half().float()], 0)
 
 
 def zipped_bytes(weights: torch.Tensor) -> int:
-    """Bytes of the file's int8 terms (channels and products) after zlib (what an HTTP transfer
-    with gzip would carry)."""
+    """Bytes of the file's int8 terms after zlib (what an HTTP transfer with gzip would carry)."""
     import zlib
 
-    from avatar3d.gaussian.webpack import face_arrays
+    from avatar3d.gaussian.webpack import quantised_terms
 
-    a = face_arrays(weights)
-    return len(zlib.compress(a["face.terms"].tobytes() + a["face.pair_terms"].tobytes(), 6))
+    return len(zlib.compress(quantised_terms(weights)["face.terms"].tobytes(), 6))
 
 
 def measure_run(run: Path, scales: list[float], samples: int, device: str) -> dict:
@@ -51,7 +50,7 @@ def measure_run(run: Path, scales: list[float], samples: int, device: str) -> di
     from avatar3d.core.scene import load_run_scene, window_frames
     from avatar3d.drive.metrics import psnr
     from avatar3d.drive.val import val_metrics
-    from avatar3d.gaussian.bake import BakeConfig, LinearFaceDeformer, bake_avatar, clamp_range, pair_index, prune
+    from avatar3d.gaussian.bake import BakeConfig, LinearFaceDeformer, bake_avatar, clamp_range, prune
 
     info = open_run(run)
     avatar = load_avatar(info.run, device)
@@ -71,9 +70,8 @@ def measure_run(run: Path, scales: list[float], samples: int, device: str) -> di
     for scale in scales:
         cfg = replace(base, prune_means_cm=base.prune_means_cm * scale, prune_quats=base.prune_quats * scale,
                       prune_log_scales=base.prune_log_scales * scale)
-        pairs = pair_index()
-        weights, kept = prune(unpruned, lo, hi, pairs, cfg) if scale > 0 else (unpruned, {})
-        baked.face_deform = LinearFaceDeformer(file_weights(weights), lo, hi, pairs).to(device)
+        weights, kept = prune(unpruned, lo, hi, cfg) if scale > 0 else (unpruned, {})
+        baked.face_deform = LinearFaceDeformer(file_weights(weights), lo, hi).to(device)
         metrics, preds = val_metrics(baked, scene, frames.__getitem__, device)
         vs_full = [float(psnr(b, a)) for a, b in zip(full_preds, preds)]
         out["bakes"].append({

@@ -181,11 +181,10 @@ class ViewerModel:
     def web_pack(self) -> Path:
         """The avatar baked for browser render mode (RUN/viewer.a3dw, :mod:`avatar3d.gaussian.webpack`),
         its frames this model's loop. Baked on first use (seconds to a minute on a CPU) and again
-        when the avatar was fitted anew, the loop differs or the file is of an older version;
-        UserError where it cannot be baked."""
+        when the avatar was fitted anew or the loop differs; UserError where it cannot be baked."""
         from avatar3d.core.runs import RunPaths
         from avatar3d.fsutil import atomic_path
-        from avatar3d.gaussian.webpack import VERSION, build_pack, read_pack, write_pack
+        from avatar3d.gaussian.webpack import build_pack, read_pack, write_pack
 
         if self.browser_unavailable:
             raise UserError(self.browser_unavailable)
@@ -193,8 +192,7 @@ class ViewerModel:
         path = paths.viewer_pack
         if path.is_file() and path.stat().st_mtime >= paths.avatar_weights.stat().st_mtime:
             try:
-                header = read_pack(path).header
-                if header["version"] == VERSION and header["frames"]["index"] == [int(i) for i in self.loop]:
+                if read_pack(path).header["frames"]["index"] == [int(i) for i in self.loop]:
                     return path
             except (UserError, KeyError, TypeError):
                 pass  # stale or damaged: bake again

@@ -2,12 +2,10 @@
 
 The face field moves every face Gaussian's mean, quaternion and log-scale as a function of the
 motion code (hash grid + region-attention MLPs, :class:`avatar3d.gaussian.deform.FaceDeformer`).
-The bake fits, for each face Gaussian, a function of the code clamped to the field's training
-range ``x = clamp(code, lo, hi)`` [52] that is affine in the channels plus the products of the
-lip-closing channels (:data:`PAIR_CHANNELS`: how far pressed lips shut depends on the channels
-together, which no sum of per-channel terms reproduces; BENCHMARKS.md, the bake):
+The bake fits, for each face Gaussian, an affine function of the code clamped to the field's
+training range ``x = clamp(code, lo, hi)`` [52]:
 
-    offsets [10] (3 mean, 4 quaternion, 3 log-scale) = W[52] . x + W[pairs] . (x_i x_j) + W[bias]
+    offsets [10] (3 mean, 4 quaternion, 3 log-scale) = W[52] . x + W[bias]
 
 by least squares over codes drawn from the training clip's distribution (:func:`bake_codes`),
 then drops the terms that barely move a Gaussian (:func:`prune`: a channel's term whose largest
@@ -28,25 +26,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from avatar3d.core.vocab import blendshape_index
 from avatar3d.errors import UserError
 from avatar3d.gaussian.deform import Deformation
 
 OFFSETS = (("means", 3), ("quats", 4), ("log_scales", 3))  # the face deformation's outputs, in order
-PAIR_CHANNELS = ("jawOpen", "mouthClose", "mouthPressLeft", "mouthPressRight", "mouthRollLower", "mouthRollUpper",
-                 "mouthShrugLower")  # the lip-closing channels whose products are terms of their own
-
-
-def pair_index() -> torch.Tensor:
-    """The (i, j) blendshape indices of the product terms, i <= j in PAIR_CHANNELS order. [P, 2] long"""
-    idx = [blendshape_index(n) for n in PAIR_CHANNELS]
-    return torch.tensor([(idx[a], idx[b]) for a in range(len(idx)) for b in range(a, len(idx))], dtype=torch.long)
-
-
-def features(x: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-    """Clamped codes [B, 52] -> what the weights multiply: the channels, the products ``pairs``
-    [P, 2] of them, and 1. [B, 52 + P + 1]"""
-    return torch.cat([x, x[:, pairs[:, 0]] * x[:, pairs[:, 1]], torch.ones_like(x[:, :1])], 1)
 
 
 @dataclass(frozen=True)
@@ -91,66 +74,59 @@ def clamp_range(deformer) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def fit_linear(deformer, means: torch.Tensor, codes: torch.Tensor, pairs: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """Least-squares weights [52 + P + 1, N, 10] (channels, the ``pairs`` [P, 2] products, then the
-    bias: :func:`features`) of the offsets ``deformer`` gives the Gaussians at ``means`` [N, 3] over
-    ``codes`` [K, 52] (already clamped), accumulated batch by batch (memory bounded by ``batch`` x N x 10)."""
+def fit_linear(deformer, means: torch.Tensor, codes: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """Least-squares weights [53, N, 10] (52 channels, then the bias) of the offsets ``deformer``
+    gives the Gaussians at ``means`` [N, 3] over ``codes`` [K, 52] (already clamped), accumulated
+    batch by batch (memory bounded by ``batch`` x N x 10)."""
     lo, hi = clamp_range(deformer)
-    N, F = means.shape[0], 52 + len(pairs) + 1
-    xtx = torch.zeros(F, F, dtype=torch.float64)
-    xty = torch.zeros(F, N * 10, dtype=torch.float64)
+    N = means.shape[0]
+    xtx = torch.zeros(53, 53, dtype=torch.float64)
+    xty = torch.zeros(53, N * 10, dtype=torch.float64)
     for s in range(0, codes.shape[0], batch):
         c = codes[s : s + batch].to(means.device)
         d = deformer(means, c, None)
         y = torch.cat([d.d_means, d.d_quats, d.d_log_scales], -1).reshape(c.shape[0], -1).double().cpu()
-        x = features(torch.minimum(torch.maximum(c.cpu(), lo), hi), pairs).double()
+        x = torch.cat([torch.minimum(torch.maximum(c.cpu(), lo), hi), torch.ones(c.shape[0], 1)], 1).double()
         xtx += x.T @ x
         xty += x.T @ y
-    ridge = 1e-6 * torch.eye(F, dtype=torch.float64) * xtx.diagonal().mean()
+    ridge = 1e-6 * torch.eye(53, dtype=torch.float64) * xtx.diagonal().mean()
     w = torch.linalg.solve(xtx + ridge, xty)
-    return w.float().reshape(F, N, 10)
+    return w.float().reshape(53, N, 10)
 
 
-def prune(weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, pairs: torch.Tensor,
-          config: BakeConfig) -> tuple[torch.Tensor, dict]:
-    """Zero the terms of ``weights`` [52 + P + 1, N, 10] whose largest effect over the clamp range
-    (|w| x (hi - lo) for a channel, x the two ranges for a product, over an offset's components)
-    is under ``config``'s thresholds; the bias is kept. Returns the pruned weights and the share of
-    channel terms kept per offset (and of product terms, any offset, as ``pairs``)."""
+def prune(weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, config: BakeConfig) -> tuple[torch.Tensor, dict]:
+    """Zero the channel terms of ``weights`` [53, N, 10] whose largest effect over the clamp range
+    (|w| x (hi - lo), over an offset's components) is under ``config``'s thresholds; the bias is
+    kept. Returns the pruned weights and the share of channel terms kept per offset."""
     w = weights.clone()
-    span = (hi - lo).clamp(min=0)
-    spans = torch.cat([span, span[pairs[:, 0]] * span[pairs[:, 1]]])[:, None]  # [52 + P, 1]
+    span = (hi - lo).clamp(min=0)[:, None]  # [52, 1]
     limits = {"means": config.prune_means_cm, "quats": config.prune_quats, "log_scales": config.prune_log_scales}
     kept, start = {}, 0
-    any_pair = torch.zeros(len(pairs), w.shape[1], dtype=torch.bool)
     for name, dim in OFFSETS:
-        part = w[:-1, :, start : start + dim]  # [52 + P, N, dim]
-        keep = part.abs().amax(-1) * spans >= limits[name]  # [52 + P, N]
+        part = w[:52, :, start : start + dim]  # [52, N, dim]
+        effect = part.abs().amax(-1) * span  # [52, N]
+        keep = effect >= limits[name]
         part *= keep[..., None]
-        kept[name] = float(keep[:52].float().mean())
-        any_pair |= keep[52:]
+        kept[name] = float(keep.float().mean())
         start += dim
-    kept["pairs"] = float(any_pair.float().mean()) if len(pairs) else 0.0
     return w, kept
 
 
 class LinearFaceDeformer(nn.Module):
-    """The baked face field: offsets = weights . features(clamp(code, lo, hi)) (see module docstring)."""
+    """The baked face field: offsets = weights . [clamp(code, lo, hi), 1] (see module docstring)."""
 
-    def __init__(self, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, pairs: torch.Tensor):
+    def __init__(self, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
         super().__init__()
-        if weights.shape[0] != 52 + len(pairs) + 1:
-            raise ValueError(f"weights of {weights.shape[0]} rows for 52 channels and {len(pairs)} products")
-        self.register_buffer("weights", weights)  # [52 + P + 1, N, 10]
+        self.register_buffer("weights", weights)  # [53, N, 10]
         self.register_buffer("lo", lo)  # [52]
         self.register_buffer("hi", hi)
-        self.register_buffer("pairs", pairs.long())  # [P, 2]
 
     def forward(self, means: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor | None) -> Deformation:
         """means [N, 3] (unused: the weights are per Gaussian), motion [B, 52] -> Deformation."""
         if means.shape[0] != self.weights.shape[1]:
             raise ValueError(f"baked for {self.weights.shape[1]} Gaussians, given {means.shape[0]}")
-        x = features(torch.minimum(torch.maximum(motion, self.lo), self.hi), self.pairs)  # [B, 52 + P + 1]
+        x = torch.minimum(torch.maximum(motion, self.lo), self.hi)
+        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)  # [B, 53]
         out = torch.einsum("bk,knd->bnd", x, self.weights)  # [B, N, 10]
         return Deformation(out[..., :3], out[..., 3:7], out[..., 7:10])
 
@@ -165,9 +141,8 @@ def bake_avatar(avatar, train_codes: torch.Tensor, config: BakeConfig = BakeConf
     lo, hi = clamp_range(deformer)
     gen = torch.Generator().manual_seed(config.seed)
     codes = bake_codes(train_codes.float().cpu(), lo, hi, config.samples, gen)
-    pairs = pair_index()
-    weights = fit_linear(deformer, avatar.face.means.detach(), codes, pairs)
-    weights, kept = prune(weights, lo, hi, pairs, config)
+    weights = fit_linear(deformer, avatar.face.means.detach(), codes)
+    weights, kept = prune(weights, lo, hi, config)
     baked = copy.deepcopy(avatar)
-    baked.face_deform = LinearFaceDeformer(weights, lo, hi, pairs).to(avatar.face.means.device)
+    baked.face_deform = LinearFaceDeformer(weights, lo, hi).to(avatar.face.means.device)
     return baked, {"samples": config.samples, "kept": kept, "num_face": int(weights.shape[1])}

@@ -13,8 +13,7 @@ The header: ``format``, ``version``, ``run`` (its folder's name), ``frame_size``
 frames, pixels), ``window`` ({x0, y0, side, size}: where the head is drawn in a frame and at what
 resolution), ``K`` (3x3 intrinsics of the window at ``size``), ``num_face``, ``num_mouth``,
 ``motion`` ({channels: the 52 blendshape names, lo, hi: the clamp range of the code}),
-``mouth_channels`` (indices of the code that move the inside of the mouth), ``pairs`` (version
-2: the product terms' channel pairs), ``bake`` (how it was
+``mouth_channels`` (indices of the code that move the inside of the mouth), ``bake`` (how it was
 fitted and pruned), ``frames`` ({index: the dataset frames the bases come from, the idle loop};
 each one's ``R`` [3x3], ``t`` [3] head pose and ``code`` [52]) and ``arrays`` ({name: {dtype,
 shape, offset, nbytes}}). The arrays (N face Gaussians, M mouth Gaussians, F frames):
@@ -27,12 +26,8 @@ shape, offset, nbytes}}). The arrays (N face Gaussians, M mouth Gaussians, F fra
 - ``face.bias`` float16 [N, 10]: the face offsets at code 0 (mean 3, quaternion 4, log-scale 3);
 - ``face.terms`` int8 [N, 52, 10] and ``face.term_scale`` float32 [52, 10]: channel c's term of a
   Gaussian is terms[n, c] x term_scale[c] (quantised per channel and component to the largest
-  term / 127; pruned terms are 0);
-- (version 2) ``face.pair_index`` uint32 [Np]: the Gaussians with product terms, and
-  ``face.pair_terms`` int8 [Np, P, 10] with ``face.pair_scale`` float32 [P, 10], quantised alike:
-  the terms of the products x_i x_j of the header's ``pairs`` [P, 2] (blendshape indices);
-- a Gaussian's offsets = bias + sum over channels c of x_c x its term + sum over pairs (i, j) of
-  x_i x_j x its pair term, with x = clamp(code, lo, hi);
+  term / 127; pruned terms are 0); a Gaussian's offsets = bias + sum over channels c of
+  clamp(code_c, lo_c, hi_c) x its term;
 - ``frames.jpeg`` uint8 [bytes] and ``frames.jpeg_offsets`` uint32 [F + 1]: each loop frame's base
   (:func:`avatar3d.core.scene.compose_base`) as a JPEG of the whole frame.
 
@@ -59,8 +54,7 @@ from avatar3d.errors import UserError
 from avatar3d.gaussian.bake import BakeConfig
 
 MAGIC = b"A3DW"
-VERSION = 2
-READS = (1, 2)  # version 1: no product terms
+VERSION = 1
 FORMAT = "avatar3d-web"
 MAX_HEADER = 1 << 24
 
@@ -86,34 +80,13 @@ class ExportWebConfig:
 # Writing
 
 
-def _quantise(terms: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Terms [N, K, 10] -> int8 [N, K, 10] and the per-(term, component) scale [K, 10] (largest / 127)."""
-    scale = terms.abs().amax(0) / 127 if len(terms) else torch.zeros(terms.shape[1:])
+def quantised_terms(weights: torch.Tensor) -> dict[str, np.ndarray]:
+    """The channel terms of baked weights [53, N, 10] as the file's int8 terms and their scales
+    (module docstring)."""
+    terms = weights[:52].permute(1, 0, 2)  # [N, 52, 10]
+    scale = terms.abs().amax(0) / 127  # [52, 10]
     q = torch.round(terms / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(-127, 127)
-    return q.to(torch.int8).numpy(), scale.numpy().astype(np.float32)
-
-
-def face_arrays(weights: torch.Tensor) -> dict[str, np.ndarray]:
-    """Baked weights [52 + P + 1, N, 10] as the file's face arrays (module docstring): int8
-    channel terms, product terms of the Gaussians that have any, float16 bias."""
-    terms, scale = _quantise(weights[:52].permute(1, 0, 2))
-    pair_w = weights[52:-1].permute(1, 0, 2)  # [N, P, 10]
-    index = (pair_w != 0).flatten(1).any(1).nonzero()[:, 0]
-    pair_terms, pair_scale = _quantise(pair_w[index])
-    return {"face.terms": terms, "face.term_scale": scale, "face.bias": weights[-1].numpy().astype(np.float16),
-            "face.pair_index": index.numpy().astype(np.uint32), "face.pair_terms": pair_terms,
-            "face.pair_scale": pair_scale}
-
-
-def weights_from_arrays(arrays: dict[str, np.ndarray], num_pairs: int) -> torch.Tensor:
-    """Inverse of :func:`face_arrays` (up to the quantisation): weights [52 + P + 1, N, 10]."""
-    f32 = lambda k: torch.from_numpy(arrays[k].astype(np.float32))  # noqa: E731
-    channels = (f32("face.terms") * f32("face.term_scale")).permute(1, 0, 2)  # [52, N, 10]
-    pairs = torch.zeros(num_pairs, channels.shape[1], 10)
-    if num_pairs:
-        index = torch.from_numpy(arrays["face.pair_index"].astype(np.int64))
-        pairs[:, index] = (f32("face.pair_terms") * f32("face.pair_scale")).permute(1, 0, 2)
-    return torch.cat([channels, pairs, f32("face.bias")[None]], 0)
+    return {"face.terms": q.to(torch.int8).numpy(), "face.term_scale": scale.numpy().astype(np.float32)}
 
 
 def _gaussian_arrays(prefix: str, g) -> dict[str, np.ndarray]:
@@ -155,7 +128,7 @@ def build_pack(avatar, scene, run_name: str, loop: np.ndarray, bake: BakeConfig 
 
     from avatar3d.core.vocab import BLENDSHAPE_NAMES
     from avatar3d.drive.render import FrameBases
-    from avatar3d.gaussian.bake import bake_avatar, pair_index
+    from avatar3d.gaussian.bake import bake_avatar
 
     train = np.asarray(scene.train)
     baked, summary = bake_avatar(avatar, scene.motion[train], bake)
@@ -163,7 +136,8 @@ def build_pack(avatar, scene, run_name: str, loop: np.ndarray, bake: BakeConfig 
     arrays = {**_gaussian_arrays("face", avatar.face), **_gaussian_arrays("mouth", avatar.mouth)}
     arrays["mouth.basis"] = avatar.mouth.params["motion_basis"].detach().cpu().numpy().astype(np.float16).reshape(
         len(avatar.mouth), -1, 3)
-    arrays.update(face_arrays(weights))
+    arrays["face.bias"] = weights[52].numpy().astype(np.float16)
+    arrays.update(quantised_terms(weights))
     loop = np.asarray(loop)
     bases = FrameBases(scene, loop)
     jpegs = []
@@ -181,7 +155,7 @@ def build_pack(avatar, scene, run_name: str, loop: np.ndarray, bake: BakeConfig 
         "window": scene.window.to_json(), "K": scene.K.tolist(), "neck_reach": scene.neck_reach,
         "num_face": len(avatar.face), "num_mouth": len(avatar.mouth),
         "motion": {"channels": list(BLENDSHAPE_NAMES), "lo": lo.tolist(), "hi": hi.tolist()},
-        "mouth_channels": avatar.mouth_deform.code_index.tolist(), "pairs": pair_index().tolist(),
+        "mouth_channels": avatar.mouth_deform.code_index.tolist(),
         "bake": {**summary, "config": {k: getattr(bake, k) for k in bake.__dataclass_fields__}},
         "frames": {"index": loop.tolist(), "R": scene.R[loop].tolist(), "t": scene.t[loop].tolist(),
                    "code": scene.motion[loop].tolist()},
@@ -245,8 +219,8 @@ def read_pack(path: Path) -> WebPack:
     if len(data) < 12 or data[:4] != MAGIC:
         raise UserError(f"{path} is not an avatar3d web file")
     version, n = struct.unpack_from("<II", data, 4)
-    if version not in READS:
-        raise UserError(f"{path} is version {version} of the avatar3d web format; this avatar3d reads {READS}")
+    if version != VERSION:
+        raise UserError(f"{path} is version {version} of the avatar3d web format; this avatar3d reads {VERSION}")
     if n > MAX_HEADER or 12 + n > len(data):
         raise UserError(f"{path} is cut short (its header)")
     try:
@@ -265,9 +239,12 @@ def read_pack(path: Path) -> WebPack:
     return WebPack(header, arrays)
 
 
-def pack_pairs(pack: WebPack) -> torch.Tensor:
-    """The product terms' channel pairs of a file ([0, 2] for version 1). [P, 2] long"""
-    return torch.tensor(pack.header.get("pairs", []), dtype=torch.long).reshape(-1, 2)
+def _weights(pack: WebPack) -> torch.Tensor:
+    """The file's terms and bias back into weights [53, N, 10]."""
+    terms = torch.from_numpy(pack.arrays["face.terms"].astype(np.float32))  # [N, 52, 10]
+    scale = torch.from_numpy(pack.arrays["face.term_scale"].astype(np.float32))  # [52, 10]
+    bias = torch.from_numpy(pack.arrays["face.bias"].astype(np.float32))  # [N, 10]
+    return torch.cat([(terms * scale).permute(1, 0, 2), bias[None]], 0)
 
 
 def avatar_from_pack(pack: WebPack, device="cpu"):
@@ -290,8 +267,7 @@ def avatar_from_pack(pack: WebPack, device="cpu"):
     h = pack.header
     mouth_basis = torch.from_numpy(pack.arrays["mouth.basis"].astype(np.float32)).reshape(int(h["num_mouth"]), -1)
     lo, hi = torch.tensor(h["motion"]["lo"]), torch.tensor(h["motion"]["hi"])
-    pairs = pack_pairs(pack)
-    deformer = LinearFaceDeformer(weights_from_arrays(pack.arrays, len(pairs)), lo, hi, pairs)
+    deformer = LinearFaceDeformer(_weights(pack), lo, hi)
     stats = MotionStats.unclamped(torch.zeros(52), torch.ones(52))
     avatar = GaussianAvatar(AvatarSpec(), gaussians("face"), gaussians("mouth", {"motion_basis": mouth_basis}), stats,
                             0.0, face_deform=deformer)

@@ -2,8 +2,7 @@
 // drawn in the page with WebGL2, for the viewer's browser render mode.
 //
 // Per frame (BakedAvatar.draw): the face Gaussians' offsets from the motion code (bias + the
-// per-channel terms of the clamped code and of the products of the lip-closing channels, sparse),
-// the mouth Gaussians' offsets from its channels;
+// per-channel terms of the clamped code, sparse), the mouth Gaussians' offsets from its channels;
 // then, on the CPU in float64, the EWA projection of avatar3d/gaussian/rasterize.py (`project`:
 // the same clamp of x/z, eps2d, near plane, opacity cull and bounding boxes); a depth sort; and one
 // draw of the boxes (two triangles each) into a half-float framebuffer whose fragment shader evaluates
@@ -39,7 +38,7 @@ const A3DW = (() => {
     const dv = new DataView(buf);
     if (buf.byteLength < 12 || String.fromCharCode(...new Uint8Array(buf, 0, 4)) !== "A3DW") throw new Error("not an avatar3d web file");
     const version = dv.getUint32(4, true), n = dv.getUint32(8, true);
-    if (version !== 1 && version !== 2) throw new Error(`avatar3d web file version ${version}; this page reads 1 and 2`);
+    if (version !== 1) throw new Error(`avatar3d web file version ${version}; this page reads 1`);
     if (12 + n > buf.byteLength) throw new Error("the avatar file is cut short (its header)");
     const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 12, n)));
     const start = 12 + n, arrays = {};
@@ -155,18 +154,6 @@ const A3DW = (() => {
         }
         this.terms.push({ idx, val });
       }
-      // version 2: the products of pairs of channels, for the Gaussians that have them, sparse alike
-      this.pairs = h.pairs || [];
-      const P = this.pairs.length;
-      this.pairTerms = this.pairs.map((_, k) => {
-        if (!P) return null;
-        const index = a["face.pair_index"], q = a["face.pair_terms"], ps = a["face.pair_scale"], idx = [], val = [];
-        for (let r = 0; r < index.length; r++) for (let d = 0; d < 10; d++) {
-          const v = q[(r * P + k) * 10 + d];
-          if (v) { idx.push(index[r] * 10 + d); val.push(v * ps[k * 10 + d]); }
-        }
-        return { idx: Uint32Array.from(idx), val: Float32Array.from(val) };
-      });
       this.jpegs = a["frames.jpeg"]; this.jpegOffsets = a["frames.jpeg_offsets"];
       this.bases = new Map(); // frame position -> Promise<ImageBitmap>
       this.offsets = new Float32Array(N * 10);
@@ -214,22 +201,15 @@ const A3DW = (() => {
     }
 
     // The face Gaussians' offsets [N, 10] (mean 3, quaternion 4, log-scale 3) for motion code
-    // `code` [52] into this.offsets: bias + sum over channels of x_c x term + sum over the file's
-    // pairs of x_i x_j x pair term, with x = clamp(code, lo, hi).
+    // `code` [52] into this.offsets: bias + sum over channels of clamp(code, lo, hi) x term.
     deform(code) {
-      const off = this.offsets, x = new Float64Array(52);
+      const N = this.N, off = this.offsets;
       off.set(this.bias);
       for (let c = 0; c < 52; c++) {
-        x[c] = Math.min(Math.max(code[c], this.lo[c]), this.hi[c]);
-        if (x[c] === 0) continue;
+        const x = Math.min(Math.max(code[c], this.lo[c]), this.hi[c]);
+        if (x === 0) continue;
         const { idx, val } = this.terms[c];
-        for (let j = 0; j < idx.length; j++) off[idx[j]] += x[c] * val[j];
-      }
-      for (let k = 0; k < this.pairs.length; k++) {
-        const v = x[this.pairs[k][0]] * x[this.pairs[k][1]];
-        if (v === 0) continue;
-        const { idx, val } = this.pairTerms[k];
-        for (let j = 0; j < idx.length; j++) off[idx[j]] += v * val[j];
+        for (let j = 0; j < idx.length; j++) off[idx[j]] += x * val[j];
       }
     }
 
