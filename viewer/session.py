@@ -184,7 +184,7 @@ class ViewerModel:
         when the avatar was fitted anew or the loop differs; UserError where it cannot be baked."""
         from avatar3d.core.runs import RunPaths
         from avatar3d.fsutil import atomic_path
-        from avatar3d.gaussian.webpack import build_pack, read_pack, write_pack
+        from avatar3d.gaussian.webpack import build_pack, read_header, write_pack
 
         if self.browser_unavailable:
             raise UserError(self.browser_unavailable)
@@ -192,7 +192,7 @@ class ViewerModel:
         path = paths.viewer_pack
         if path.is_file() and path.stat().st_mtime >= paths.avatar_weights.stat().st_mtime:
             try:
-                if read_pack(path).header["frames"]["index"] == [int(i) for i in self.loop]:
+                if read_header(path)["frames"]["index"] == [int(i) for i in self.loop]:
                     return path
             except (UserError, KeyError, TypeError):
                 pass  # stale or damaged: bake again

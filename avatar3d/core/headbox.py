@@ -25,10 +25,6 @@ class HeadBox:
     hi: torch.Tensor  # [3]
     face_width: float  # the canonical face's width (cm)
 
-    def to_local(self, world: torch.Tensor) -> torch.Tensor:
-        """[..., 3] world -> [..., 3] in the head frame."""
-        return (world - self.centre.to(world)) @ self.axes.to(world).T
-
     def world_corners(self) -> torch.Tensor:
         """The box's 8 corners in world space. [8, 3]"""
         c = torch.stack(torch.meshgrid(*[torch.stack([self.lo[k], self.hi[k]]) for k in range(3)], indexing="ij"), -1)

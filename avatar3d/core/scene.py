@@ -305,10 +305,14 @@ def fit_neck_reach(landmarks: np.ndarray, frames: np.ndarray, margin: float) -> 
     return float(np.percentile(depths, 99) + margin) if depths else 0.0
 
 
-def drawn_region(labels: np.ndarray, landmarks: np.ndarray | None, neck_reach: float) -> np.ndarray:
-    """What the avatar draws in a frame (see module docstring): [H, W] bool."""
+def drawn_region(labels: np.ndarray, landmarks: np.ndarray | None, neck_reach: float,
+                 neck: np.ndarray | None = None) -> np.ndarray:
+    """What the avatar draws in a frame (see module docstring): [H, W] bool. ``neck``:
+    :func:`neck_region` of this frame when the caller has it already."""
     head = np.isin(labels, np.array(HEAD_LABELS, np.uint8))
-    return head | neck_region(labels, landmarks, neck_reach) if neck_reach > 0 else head
+    if neck_reach <= 0:
+        return head
+    return head | (neck_region(labels, landmarks, neck_reach) if neck is None else neck)
 
 
 def compose_base(frame: np.ndarray, labels: np.ndarray, landmarks: np.ndarray | None, plate: np.ndarray,
@@ -405,7 +409,7 @@ class WindowCropper:
         no neck) -> the window's :class:`WindowFrame` (``head``: what the avatar draws)."""
         neck = neck_region(labels, landmarks, self.neck_reach)  # once: the base and the drawn region
         base = compose_base(frame, labels, landmarks, self.plate, self.neck_reach, neck=neck)
-        drawn = np.isin(labels, np.array(HEAD_LABELS, np.uint8)) | neck
+        drawn = drawn_region(labels, landmarks, self.neck_reach, neck=neck)
         f = torch.from_numpy(np.ascontiguousarray(frame[self.crop]))
         bg = torch.from_numpy(np.ascontiguousarray(base[self.crop]))
         h = torch.from_numpy(np.ascontiguousarray(drawn[self.crop]))

@@ -209,13 +209,10 @@ class WebPack:
     arrays: dict[str, np.ndarray]
 
 
-def read_pack(path: Path) -> WebPack:
-    """Read and check a file (UserError, one line, when it is not one or is cut short)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+def _header(data: bytes, path: Path) -> tuple[dict, int]:
+    """The header (with ``arrays``) of a file whose first bytes are ``data`` (at least 12, and the
+    whole header when there is one), and where its data starts; UserError, one line, when it is
+    not one or is cut short."""
     if len(data) < 12 or data[:4] != MAGIC:
         raise UserError(f"{path} is not an avatar3d web file")
     version, n = struct.unpack_from("<II", data, 4)
@@ -225,8 +222,38 @@ def read_pack(path: Path) -> WebPack:
         raise UserError(f"{path} is cut short (its header)")
     try:
         header = json.loads(data[12 : 12 + n])
-        table = header.pop("arrays")
-        start = 12 + n
+        if not isinstance(header, dict) or not isinstance(header.get("arrays"), dict):
+            raise ValueError("no table of arrays")
+    except ValueError as exc:
+        raise UserError(f"{path} has a malformed header: {exc}") from None
+    return header, 12 + n
+
+
+def read_header(path: Path) -> dict:
+    """A file's header (without ``arrays``), read without its data (UserError as :func:`read_pack`)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            first = f.read(12)
+            n = struct.unpack_from("<I", first, 8)[0] if len(first) == 12 else 0
+            data = first + f.read(min(n, MAX_HEADER))
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    header, _ = _header(data, path)
+    header.pop("arrays")
+    return header
+
+
+def read_pack(path: Path) -> WebPack:
+    """Read and check a file (UserError, one line, when it is not one or is cut short)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    header, start = _header(data, path)
+    table = header.pop("arrays")
+    try:
         arrays = {}
         for name, a in table.items():
             lo, hi = start + int(a["offset"]), start + int(a["offset"]) + int(a["nbytes"])

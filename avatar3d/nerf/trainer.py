@@ -88,7 +88,8 @@ class Trainer:
     def counts(self) -> dict[str, int]:
         """``primitives``: the occupied cells of the occupancy grid (what the field is made of, in
         the fit's log and summary)."""
-        return {"primitives": int(self.avatar.occupancy.cells.sum()), "occupied_cells": int(self.avatar.occupancy.cells.sum())}
+        cells = int(self.avatar.occupancy.cells.sum())
+        return {"primitives": cells, "occupied_cells": cells}
 
     def set_lr(self, params: FitParams) -> None:
         """Exponential decay of both learning rates, to 10 % at the last step."""
@@ -108,7 +109,6 @@ class Trainer:
 
     def train_step(self, data: FitData, params: FitParams, device) -> tuple[dict[str, float], float]:
         c = params.nerf
-        self.avatar.train()
         self.set_lr(params)
         drawable = data.drawable(self.step)
         i = int(data.train[torch.randint(drawable, (1,), generator=self.generator)])
@@ -123,7 +123,7 @@ class Trainer:
         pred = rgb + (1.0 - alpha[:, None]) * bg
         weight = 1.0 + params.w_mouth * target.mouth[y, x]
         if self.step >= c.lips_start * params.steps:
-            weight = weight + c.w_lips * lips_box_mask(data.landmarks[i], pix).to(device)
+            weight = weight + c.w_lips * lips_box_mask(data.landmarks[i], pix, data.window.size).to(device)
         l1 = ((pred - real).abs().mean(-1) * weight).sum() / weight.sum()
         a = ((alpha - target.head[y, x]) ** 2).mean()
         terms = {"l1": l1, "alpha": params.w_alpha * a}
@@ -180,8 +180,8 @@ def lips_box(landmarks: np.ndarray, S: int) -> tuple[int, int, int, int]:
     return int(x0), int(y0), int(max(x1, x0)), int(max(y1, y0))
 
 
-def lips_box_mask(landmarks: np.ndarray, pix: torch.Tensor) -> torch.Tensor:
-    """1 for the pixels ``pix`` [P, 2] inside :func:`lips_box`, else 0. [P]"""
-    x0, y0, x1, y1 = lips_box(landmarks, 1 << 30)
+def lips_box_mask(landmarks: np.ndarray, pix: torch.Tensor, S: int) -> torch.Tensor:
+    """1 for the pixels ``pix`` [P, 2] inside :func:`lips_box` (window side ``S``), else 0. [P]"""
+    x0, y0, x1, y1 = lips_box(landmarks, S)
     x, y = pix[:, 0], pix[:, 1]
     return ((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)).float()

@@ -111,6 +111,13 @@ const A3DW = (() => {
     in vec2 v_uv; out vec4 outColor;
     void main() { vec4 c = texture(u_tex, v_uv); outColor = u_clamp > 0.5 ? min(c, vec4(1.0)) : vec4(c.rgb, 1.0); }`;
 
+  // the bound 2D texture: bilinear sampling, clamped at its edges
+  function bilinear(gl) {
+    for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR],
+                          [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]])
+      gl.texParameteri(gl.TEXTURE_2D, k, v);
+  }
+
   function program(gl, vs, fs) {
     const p = gl.createProgram();
     for (const [type, src] of [[gl.VERTEX_SHADER, vs], [gl.FRAGMENT_SHADER, fs]]) {
@@ -161,6 +168,8 @@ const A3DW = (() => {
       this.instance = new Float32Array(total * 12);
       this.depth = new Float64Array(total);
       this.order = new Uint32Array(total);
+      // the sorted Gaussians as the splat texture's rows (3 texels of 4 floats each), reused every frame
+      this.packed = new Float32Array(Math.max(1, Math.ceil((3 * total) / TEX_WIDTH)) * TEX_WIDTH * 4);
       this.stats = { visible: 0, deform_ms: 0, project_ms: 0, sort_ms: 0, gl_ms: 0 };
       this.initGL();
     }
@@ -295,7 +304,7 @@ const A3DW = (() => {
       const t2 = performance.now();
       // back to front: depth descending (ties: the later Gaussian first, the reverse of a stable ascending sort)
       const depth = this.depth, sorted = this.order.subarray(0, n).sort((i, j) => depth[j] - depth[i] || j - i);
-      const rows = Math.max(1, Math.ceil((3 * n) / TEX_WIDTH)), packed = new Float32Array(rows * TEX_WIDTH * 4);
+      const rows = Math.max(1, Math.ceil((3 * n) / TEX_WIDTH)), packed = this.packed.subarray(0, rows * TEX_WIDTH * 4);
       for (let i = 0; i < n; i++) packed.set(this.instance.subarray(sorted[i] * 12, sorted[i] * 12 + 12), i * 12);
       const t3 = performance.now();
       this.drawGL(packed, n, baseBitmap, draw, size);
@@ -309,8 +318,7 @@ const A3DW = (() => {
         gl.bindTexture(gl.TEXTURE_2D, this.headTex);
         gl.texImage2D(gl.TEXTURE_2D, 0, this.halfFloat ? gl.RGBA16F : gl.RGBA8, size, size, 0, gl.RGBA,
                       this.halfFloat ? gl.HALF_FLOAT : gl.UNSIGNED_BYTE, null);
-        for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR], [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]])
-          gl.texParameteri(gl.TEXTURE_2D, k, v);
+        bilinear(gl);
         gl.bindFramebuffer(gl.FRAMEBUFFER, this.fbo);
         gl.framebufferTexture2D(gl.FRAMEBUFFER, gl.COLOR_ATTACHMENT0, gl.TEXTURE_2D, this.headTex, 0);
         this.headSize = size;
@@ -347,8 +355,7 @@ const A3DW = (() => {
       gl.bindTexture(gl.TEXTURE_2D, this.baseTex);
       if (this.baseShown !== draw.base) {
         gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA8, gl.RGBA, gl.UNSIGNED_BYTE, baseBitmap);
-        for (const [k, v] of [[gl.TEXTURE_MIN_FILTER, gl.LINEAR], [gl.TEXTURE_MAG_FILTER, gl.LINEAR], [gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE], [gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE]])
-          gl.texParameteri(gl.TEXTURE_2D, k, v);
+        bilinear(gl);
         this.baseShown = draw.base;
       }
       gl.bindVertexArray(this.vao);
