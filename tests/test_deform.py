@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from avatar3d.core.vocab import BLENDSHAPE_NAMES, SPEECH_CHANNELS, blendshape_index
-from avatar3d.gaussian.deform import DeformConfig, FaceDeformer, MotionStats
+from avatar3d.core.motion import MotionStats
+from avatar3d.gaussian.deform import DeformConfig, FaceDeformer
 
 
 def _field(stats: MotionStats | None = None) -> FaceDeformer:

@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from avatar3d.core.audio_window import renamed_state
 from avatar3d.core.avatar import Conditioning, write_avatar
 from avatar3d.core.camera import Camera
 from avatar3d.core.runs import RunPaths
 from avatar3d.errors import UserError
-from avatar3d.gaussian.deform import DeformConfig, Deformation, FaceDeformer, MotionStats, MouthDeformer
+from avatar3d.core.motion import MotionStats
+from avatar3d.gaussian.deform import DeformConfig, Deformation, FaceDeformer, MouthDeformer
 from avatar3d.gaussian.gaussians import Gaussians
 from avatar3d.gaussian.rasterize import Backend, RasterResult, rasterize_full
 
@@ -148,6 +150,7 @@ class GaussianAvatar(nn.Module):
         """Rebuild an avatar from its spec and a state dict (Gaussian counts, motion statistics and
         the lower face's edge taken from the state; runs fitted before the code was clamped to its
         training range stay unclamped)."""
+        state = renamed_state(state, "face_deform.")
         face = Gaussians.empty_like_state({k[len("face."):]: v for k, v in state.items() if k.startswith("face.")})
         mouth = Gaussians.empty_like_state({k[len("mouth."):]: v for k, v in state.items() if k.startswith("mouth.")})
         stats = MotionStats.from_state(state, "face_deform.")

@@ -1,18 +1,23 @@
-"""A fitted Gaussian avatar baked into linear functions of the motion code, to draw without networks.
+"""A fitted Gaussian avatar baked into functions of the motion code a browser can evaluate, to draw without the field.
 
 The face field moves every face Gaussian's mean, quaternion and log-scale as a function of the
 motion code (hash grid + region-attention MLPs, :class:`avatar3d.gaussian.deform.FaceDeformer`).
 The bake fits, for each face Gaussian, an affine function of the code clamped to the field's
-training range ``x = clamp(code, lo, hi)`` [52]:
+training range ``x = clamp(code, lo, hi)`` [52], plus a few shared directions of what that misses:
 
-    offsets [10] (3 mean, 4 quaternion, 3 log-scale) = W[52] . x + W[bias]
+    offsets [N, 10] (3 mean, 4 quaternion, 3 log-scale) = W[52] . x + W[bias] + sum_j r_j(x) basis_j
 
-by least squares over codes drawn from the training clip's distribution (:func:`bake_codes`),
-then drops the terms that barely move a Gaussian (:func:`prune`: a channel's term whose largest
-effect over the clamp range is under a threshold). The mouth branch's motion is linear in the code
-already (:class:`avatar3d.gaussian.deform.MouthDeformer`) and is kept exactly.
+The affine part is fitted by least squares over codes drawn from the training clip's distribution
+(:func:`bake_codes`), and its terms that barely move a Gaussian are dropped (:func:`prune`: a
+channel's term whose largest effect over the clamp range is under a threshold). The field is not
+linear in the code everywhere (pressed lips, a collar under a turning chin): the rest, the
+*residual*, is read off the same codes and kept along its ``rank`` principal directions
+``basis`` [rank, N, 10], each weighted per frame by a small network of the code
+(:class:`ResidualNet`, 52 -> hidden -> hidden -> rank, SiLU), fitted to the residual's
+projections (:func:`fit_residual`). The mouth branch's motion is linear in the code already
+(:class:`avatar3d.gaussian.deform.MouthDeformer`) and is kept exactly.
 
-:class:`LinearFaceDeformer` is the baked field: it takes the place of the avatar's ``face_deform``
+:class:`BakedFaceDeformer` is the baked field: it takes the place of the avatar's ``face_deform``
 (same call, same :class:`~avatar3d.gaussian.deform.Deformation`), so a baked avatar draws with the
 same code and rasterizer as the fitted one (:func:`bake_avatar`), which is how the bake's cost is
 measured (``bench/bake.py``). Avatars that listen to audio features besides the code cannot be
@@ -36,14 +41,21 @@ OFFSETS = (("means", 3), ("quats", 4), ("log_scales", 3))  # the face deformatio
 class BakeConfig:
     """How a bake is fitted and pruned."""
 
-    samples: int = 1536
-    """Motion codes the linear model is fitted on (training codes, mixes, one-channel excursions)."""
+    samples: int = 3072
+    """Motion codes the bake is fitted on (training codes, mixes, one-channel excursions; 1536
+    left Obama small's head PSNR 0.17 dB under the full avatar's, 3072 0.08: BENCHMARKS.md)."""
     prune_means_cm: float = 0.008
     """Drop a channel's term for a Gaussian's mean when it moves it less than this (cm) over the clamp range."""
     prune_quats: float = 0.008
     """... its quaternion (unnormalised components) less than this."""
     prune_log_scales: float = 0.008
     """... its log-scales less than this."""
+    residual_rank: int = 8
+    """Shared directions of what the affine terms miss, weighted per frame by a small network of the code (0: affine only)."""
+    residual_hidden: int = 64
+    """Width of that network's two hidden layers."""
+    residual_steps: int = 3000
+    """Adam steps fitting that network."""
     seed: int = 0
 
 
@@ -73,6 +85,21 @@ def clamp_range(deformer) -> tuple[torch.Tensor, torch.Tensor]:
     return lo.float(), hi.float()
 
 
+def _clamped_with_bias(codes: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """[clamp(codes, lo, hi), 1] [K, 53]"""
+    return torch.cat([torch.minimum(torch.maximum(codes, lo), hi), torch.ones(codes.shape[0], 1)], 1)
+
+
+@torch.no_grad()
+def _offset_batches(deformer, means: torch.Tensor, codes: torch.Tensor, batch: int = 32):
+    """The face offsets ``deformer`` gives the Gaussians at ``means`` [N, 3] for ``codes`` [K, 52],
+    ``batch`` codes at a time: yields (codes [b, 52] on the CPU, offsets [b, N * 10] float64)."""
+    for s in range(0, codes.shape[0], batch):
+        c = codes[s : s + batch]
+        d = deformer(means, c.to(means.device), None)
+        yield c.cpu(), torch.cat([d.d_means, d.d_quats, d.d_log_scales], -1).reshape(c.shape[0], -1).double().cpu()
+
+
 @torch.no_grad()
 def fit_linear(deformer, means: torch.Tensor, codes: torch.Tensor, batch: int = 32) -> torch.Tensor:
     """Least-squares weights [53, N, 10] (52 channels, then the bias) of the offsets ``deformer``
@@ -82,11 +109,8 @@ def fit_linear(deformer, means: torch.Tensor, codes: torch.Tensor, batch: int = 
     N = means.shape[0]
     xtx = torch.zeros(53, 53, dtype=torch.float64)
     xty = torch.zeros(53, N * 10, dtype=torch.float64)
-    for s in range(0, codes.shape[0], batch):
-        c = codes[s : s + batch].to(means.device)
-        d = deformer(means, c, None)
-        y = torch.cat([d.d_means, d.d_quats, d.d_log_scales], -1).reshape(c.shape[0], -1).double().cpu()
-        x = torch.cat([torch.minimum(torch.maximum(c.cpu(), lo), hi), torch.ones(c.shape[0], 1)], 1).double()
+    for c, y in _offset_batches(deformer, means, codes, batch):
+        x = _clamped_with_bias(c, lo, hi).double()
         xtx += x.T @ x
         xty += x.T @ y
     ridge = 1e-6 * torch.eye(53, dtype=torch.float64) * xtx.diagonal().mean()
@@ -112,28 +136,112 @@ def prune(weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, config: Bak
     return w, kept
 
 
-class LinearFaceDeformer(nn.Module):
-    """The baked face field: offsets = weights . [clamp(code, lo, hi), 1] (see module docstring)."""
+RESIDUAL_DIRECTION_CODES = 512  # codes whose residuals give its principal directions (memory: 512 x N x 10 floats)
 
-    def __init__(self, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+
+class ResidualNet(nn.Module):
+    """The weights of the residual's directions for a code: clamped code [B, 52] -> [B, rank]
+    (Linear 52 -> hidden, SiLU, Linear hidden -> hidden, SiLU, Linear hidden -> rank; the
+    standardisation of its inputs and outputs folded into the first and last layers)."""
+
+    def __init__(self, rank: int, hidden: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(52, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                    nn.Linear(hidden, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+    @torch.no_grad()
+    def fold(self, in_mean: torch.Tensor, in_scale: torch.Tensor, out_scale: torch.Tensor) -> None:
+        """Make the net trained on (x - in_mean) / in_scale with targets / out_scale take x and give the targets."""
+        first, last = self.layers[0], self.layers[-1]
+        first.weight /= in_scale
+        first.bias -= first.weight @ in_mean
+        last.weight *= out_scale[:, None]
+        last.bias *= out_scale
+
+
+def fit_residual(deformer, means: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor, config: BakeConfig,
+                 generator: torch.Generator) -> tuple[ResidualNet, torch.Tensor, float]:
+    """What the affine ``weights`` [53, N, 10] miss of ``deformer``'s offsets over ``codes`` [K, 52]
+    (clamped), along ``config.residual_rank`` directions: the net that weights them, the directions
+    [rank, N, 10], and the net's relative error on the codes' weights. The directions are the top
+    principal ones of the residual over the first ``RESIDUAL_DIRECTION_CODES`` codes; each code's
+    projections on them train the net (Adam, mean squared error, standardised); the directions are
+    then refitted by least squares to what the net gives, so its errors are the basis's to absorb."""
+    lo, hi = clamp_range(deformer)
+    k, N = config.residual_rank, means.shape[0]
+    w = weights.reshape(53, -1).double()
+    some = codes[:RESIDUAL_DIRECTION_CODES]
+    r = torch.cat([(y - _clamped_with_bias(c, lo, hi).double() @ w).float()
+                   for c, y in _offset_batches(deformer, means, some)])  # [512, N * 10]
+    evals, evecs = torch.linalg.eigh((r @ r.T).double())  # the residual's principal directions, through its Gram matrix
+    top = evecs[:, -k:].flip(1) / evals[-k:].flip(0).clamp(min=1e-30).sqrt()
+    directions = (r.T @ top.float()).T.double()  # [k, N * 10], orthonormal
+    del r
+    proj = torch.cat([(y - _clamped_with_bias(c, lo, hi).double() @ w) @ directions.T
+                      for c, y in _offset_batches(deformer, means, codes)]).float()  # [K, k]
+    x = torch.minimum(torch.maximum(codes.cpu(), lo), hi)
+    in_mean, in_scale = x.mean(0), x.std(0).clamp(min=0.02)
+    out_scale = proj.std(0).clamp(min=1e-8)
+    z, target = (x - in_mean) / in_scale, proj / out_scale
+    net = ResidualNet(k, config.residual_hidden)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                bound = 1.0 / m.in_features**0.5
+                m.weight.copy_((torch.rand(m.weight.shape, generator=generator) * 2 - 1) * bound)
+                m.bias.copy_((torch.rand(m.bias.shape, generator=generator) * 2 - 1) * bound)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for step in range(config.residual_steps):
+        if step == 2 * config.residual_steps // 3:
+            opt.param_groups[0]["lr"] = 1e-3
+        i = torch.randint(len(z), (256,), generator=generator)
+        loss = (net(z[i]) - target[i]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.fold(in_mean, in_scale, out_scale)
+    with torch.no_grad():
+        g = net(x).double()  # [K, k]
+        error = float((g - proj.double()).pow(2).sum() / proj.double().pow(2).sum().clamp(min=1e-30))
+        gtr = torch.zeros(k, N * 10, dtype=torch.float64)
+        for s, (c, y) in zip(range(0, len(codes), 32), _offset_batches(deformer, means, codes)):
+            gtr += g[s : s + len(c)].T @ (y - _clamped_with_bias(c, lo, hi).double() @ w)
+        gtg = g.T @ g
+        basis = torch.linalg.solve(gtg + 1e-6 * torch.eye(k, dtype=torch.float64) * gtg.diagonal().mean(), gtr)
+    return net.eval(), basis.float().reshape(k, N, 10), error
+
+
+class BakedFaceDeformer(nn.Module):
+    """The baked face field: offsets = weights . [clamp(code, lo, hi), 1] + residual(clamped code) . basis
+    (see module docstring; ``residual`` None and ``basis`` [0, N, 10] for an affine bake)."""
+
+    def __init__(self, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                 residual: ResidualNet | None = None, basis: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("weights", weights)  # [53, N, 10]
         self.register_buffer("lo", lo)  # [52]
         self.register_buffer("hi", hi)
+        self.residual = residual
+        self.register_buffer("basis", basis if basis is not None else torch.zeros(0, weights.shape[1], 10))  # [k, N, 10]
 
     def forward(self, means: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor | None) -> Deformation:
         """means [N, 3] (unused: the weights are per Gaussian), motion [B, 52] -> Deformation."""
         if means.shape[0] != self.weights.shape[1]:
             raise ValueError(f"baked for {self.weights.shape[1]} Gaussians, given {means.shape[0]}")
         x = torch.minimum(torch.maximum(motion, self.lo), self.hi)
-        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)  # [B, 53]
-        out = torch.einsum("bk,knd->bnd", x, self.weights)  # [B, N, 10]
+        out = torch.einsum("bk,knd->bnd", torch.cat([x, torch.ones_like(x[:, :1])], 1), self.weights)  # [B, N, 10]
+        if self.residual is not None:
+            out = out + torch.einsum("bk,knd->bnd", self.residual(x), self.basis)
         return Deformation(out[..., :3], out[..., 3:7], out[..., 7:10])
 
 
 def bake_avatar(avatar, train_codes: torch.Tensor, config: BakeConfig = BakeConfig()) -> tuple[object, dict]:
-    """A copy of the Gaussian ``avatar`` whose face field is baked (:class:`LinearFaceDeformer`)
-    from codes like ``train_codes`` [T, 52], and a summary (samples, share of terms kept)."""
+    """A copy of the Gaussian ``avatar`` whose face field is baked (:class:`BakedFaceDeformer`)
+    from codes like ``train_codes`` [T, 52], and a summary (samples, share of terms kept, the
+    residual's rank and its net's relative error)."""
     if avatar.audio_features:
         raise UserError(f"this avatar listens to audio features {avatar.audio_features!r} besides the motion "
                         "code; only motion-only avatars can be baked (fit without --params.audio-features)")
@@ -141,8 +249,13 @@ def bake_avatar(avatar, train_codes: torch.Tensor, config: BakeConfig = BakeConf
     lo, hi = clamp_range(deformer)
     gen = torch.Generator().manual_seed(config.seed)
     codes = bake_codes(train_codes.float().cpu(), lo, hi, config.samples, gen)
-    weights = fit_linear(deformer, avatar.face.means.detach(), codes)
+    means = avatar.face.means.detach()
+    weights = fit_linear(deformer, means, codes)
     weights, kept = prune(weights, lo, hi, config)
+    residual, basis, error = None, None, 0.0
+    if config.residual_rank > 0:
+        residual, basis, error = fit_residual(deformer, means, codes, weights, config, gen)
     baked = copy.deepcopy(avatar)
-    baked.face_deform = LinearFaceDeformer(weights, lo, hi).to(avatar.face.means.device)
-    return baked, {"samples": config.samples, "kept": kept, "num_face": int(weights.shape[1])}
+    baked.face_deform = BakedFaceDeformer(weights, lo, hi, residual, basis).to(means.device)
+    return baked, {"samples": config.samples, "kept": kept, "num_face": int(weights.shape[1]),
+                   "residual": {"rank": config.residual_rank, "net_error": round(error, 5)}}

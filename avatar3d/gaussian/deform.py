@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from avatar3d.core.audio_window import AudioWindowEncoder
+from avatar3d.core.motion import MotionStats
 from avatar3d.core.vocab import BLENDSHAPE_NAMES, MOUTH_INTERIOR_CHANNELS, SPEECH_INDEX, blendshape_index
 
 
 LOWER_FACE_SOFT_CM = 0.5  # width of the blend between lower and upper face (see FaceDeformer.upper_face)
-MOTION_RANGE_QUANTILE = 0.005  # the code is clamped per channel to the training frames' 0.5-99.5 %
-# range (FaceDeformer.condition): beyond what it was fitted on the field extrapolates and can tear
-# holes in the lips (BENCHMARKS.md, render and eval: the clamp against min/max and no clamp).
 POS_FREQS = 3  # low-frequency sin/cos of the position beside the hash grid (smooth, immediate)
 
 
@@ -57,42 +56,6 @@ class DeformConfig:
     """Width of the conditioning features that the region attention gates."""
     audio_hidden: int = 32
     """Width of the per-frame audio feature encoder (used when audio features are given)."""
-
-
-@dataclass(frozen=True)
-class MotionStats:
-    """How the face field reads the motion code: per-channel standardisation (``mean``,
-    ``scale``) and the range it is clamped to (``lo``, ``hi``; -inf/inf: not clamped), raw
-    blendshape units. Each [52]."""
-
-    mean: torch.Tensor
-    scale: torch.Tensor
-    lo: torch.Tensor
-    hi: torch.Tensor
-
-    @staticmethod
-    def of_codes(motion: torch.Tensor, min_scale: float = 0.02) -> "MotionStats":
-        """The statistics of the training frames' codes ``motion`` [T, 52]: their mean and standard
-        deviation (floored at ``min_scale``), clamped to their ``MOTION_RANGE_QUANTILE`` ..
-        1 - ``MOTION_RANGE_QUANTILE`` range per channel."""
-        motion = motion.float()
-        return MotionStats(
-            motion.mean(0), motion.std(0).clamp(min=min_scale),
-            torch.quantile(motion, MOTION_RANGE_QUANTILE, dim=0), torch.quantile(motion, 1 - MOTION_RANGE_QUANTILE, dim=0),
-        )
-
-    @staticmethod
-    def unclamped(mean: torch.Tensor, scale: torch.Tensor) -> "MotionStats":
-        return MotionStats(mean, scale, torch.full_like(mean, -math.inf), torch.full_like(mean, math.inf))
-
-    @staticmethod
-    def from_state(state: dict[str, torch.Tensor], prefix: str) -> "MotionStats":
-        """The statistics saved in a :class:`FaceDeformer`'s state (keys ``prefix + motion_*``);
-        avatars saved before the clamp existed have no range and stay unclamped."""
-        stats = MotionStats.unclamped(state[prefix + "motion_mean"].cpu(), state[prefix + "motion_scale"].cpu())
-        if prefix + "motion_lo" in state:
-            stats = MotionStats(stats.mean, stats.scale, state[prefix + "motion_lo"].cpu(), state[prefix + "motion_hi"].cpu())
-        return stats
 
 
 @dataclass(frozen=True)
@@ -152,13 +115,7 @@ class FaceDeformer(nn.Module):
         self.register_buffer("speech_channels", speech)
         self.register_buffer("lower_face_y", torch.tensor(float(lower_face_y)))
         self.other_net = nn.Sequential(nn.Linear(motion_dim, C), nn.LeakyReLU(0.1), nn.Linear(C, C))
-        self.audio_net = None
-        if audio_shape is not None:
-            W, A = audio_shape
-            H = config.audio_hidden
-            self.audio_net = nn.Sequential(nn.Linear(A, H), nn.LeakyReLU(0.1), nn.Linear(H, H))
-            self.audio_time_attn = nn.Linear(H, 1)  # attention over the window's frames
-            self.audio_out = nn.Linear(H, C)
+        self.audio = None if audio_shape is None else AudioWindowEncoder(audio_shape[1], config.audio_hidden, C)
         enc_dim = self.grid.out_dim + 3 + 6 * POS_FREQS
         self.attention = nn.Linear(enc_dim, C)
         self.mlp = nn.Sequential(
@@ -209,12 +166,10 @@ class FaceDeformer(nn.Module):
         speech = self.speech_channels.to(z.dtype)
         c = self.motion_net(z * speech)
         other = self.other_net(z * (1 - speech))
-        if self.audio_net is not None:
+        if self.audio is not None:
             if audio is None:
                 raise ValueError("this avatar was fitted with audio features: conditioning.audio is required")
-            h = self.audio_net(audio)  # [B, W, H]
-            w = torch.softmax(self.audio_time_attn(h), dim=1)  # [B, W, 1]
-            c = c + self.audio_out((w * h).sum(1))
+            c = c + self.audio(audio)
         return c, other
 
     def forward(self, means: torch.Tensor, motion: torch.Tensor, audio: torch.Tensor | None) -> Deformation:

@@ -14,7 +14,7 @@ from avatar3d.core.vocab import INNER_LIPS, MOUTH_INTERIOR_CHANNELS, SUBNASALE
 from avatar3d.gaussian.avatar import AvatarSpec, GaussianAvatar
 from avatar3d.gaussian.config import FitParams
 from avatar3d.gaussian.data import FitData
-from avatar3d.gaussian.deform import MotionStats
+from avatar3d.core.motion import MotionStats
 from avatar3d.gaussian.gaussians import Gaussians
 
 

@@ -1,9 +1,9 @@
 """``avatar3d export-web RUN -o FILE.a3dw``: a fitted Gaussian avatar baked into one file a browser can draw.
 
-The file (format "avatar3d-web", version 1; little-endian throughout)::
+The file (format "avatar3d-web", version 2; little-endian throughout)::
 
     bytes 0..3   b"A3DW"
-    bytes 4..7   u32 version (1)
+    bytes 4..7   u32 version (2)
     bytes 8..11  u32 n: length of the header
     bytes 12..   the header: n bytes of UTF-8 JSON, then spaces up to a multiple of 8
     then         the data: the arrays the header lists, each at its ``offset`` from the data's
@@ -14,7 +14,8 @@ frames, pixels), ``window`` ({x0, y0, side, size}: where the head is drawn in a 
 resolution), ``K`` (3x3 intrinsics of the window at ``size``), ``num_face``, ``num_mouth``,
 ``motion`` ({channels: the 52 blendshape names, lo, hi: the clamp range of the code}),
 ``mouth_channels`` (indices of the code that move the inside of the mouth), ``bake`` (how it was
-fitted and pruned), ``frames`` ({index: the dataset frames the bases come from, the idle loop};
+fitted and pruned), ``residual`` ({rank: k, hidden: H, activation: "silu"}; rank 0 and no
+residual arrays for an affine bake), ``frames`` ({index: the dataset frames the bases come from, the idle loop};
 each one's ``R`` [3x3], ``t`` [3] head pose and ``code`` [52]) and ``arrays`` ({name: {dtype,
 shape, offset, nbytes}}). The arrays (N face Gaussians, M mouth Gaussians, F frames):
 
@@ -28,6 +29,11 @@ shape, offset, nbytes}}). The arrays (N face Gaussians, M mouth Gaussians, F fra
   Gaussian is terms[n, c] x term_scale[c] (quantised per channel and component to the largest
   term / 127; pruned terms are 0); a Gaussian's offsets = bias + sum over channels c of
   clamp(code_c, lo_c, hi_c) x its term;
+- the residual (:mod:`avatar3d.gaussian.bake`): ``residual.w0`` float32 [H, 52], ``residual.b0``
+  [H], ``residual.w1`` [H, H], ``residual.b1`` [H], ``residual.w2`` [k, H], ``residual.b2`` [k]: the
+  net r(x) = w2 . silu(w1 . silu(w0 . x + b0) + b1) + b2 of the clamped code x (silu(v) = v / (1 +
+  e^-v)); ``face.residual`` int8 [N, k, 10] and ``face.residual_scale`` float32 [k, 10]: direction
+  j of a Gaussian is residual[n, j] x residual_scale[j], and r_j(x) x that is added to its offsets;
 - ``frames.jpeg`` uint8 [bytes] and ``frames.jpeg_offsets`` uint32 [F + 1]: each loop frame's base
   (:func:`avatar3d.core.scene.compose_base`) as a JPEG of the whole frame.
 
@@ -54,7 +60,7 @@ from avatar3d.errors import UserError
 from avatar3d.gaussian.bake import BakeConfig
 
 MAGIC = b"A3DW"
-VERSION = 1
+VERSION = 2  # 2: the residual directions and their net
 FORMAT = "avatar3d-web"
 MAX_HEADER = 1 << 24
 
@@ -80,13 +86,50 @@ class ExportWebConfig:
 # Writing
 
 
-def quantised_terms(weights: torch.Tensor) -> dict[str, np.ndarray]:
-    """The channel terms of baked weights [53, N, 10] as the file's int8 terms and their scales
-    (module docstring)."""
-    terms = weights[:52].permute(1, 0, 2)  # [N, 52, 10]
-    scale = terms.abs().amax(0) / 127  # [52, 10]
+def quantised(terms: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-Gaussian terms [N, C, 10] as the file's int8 and their scale per term and component
+    [C, 10] (the largest |term| / 127; a term of 0 stays 0)."""
+    scale = terms.abs().amax(0) / 127  # [C, 10]
     q = torch.round(terms / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(-127, 127)
-    return {"face.terms": q.to(torch.int8).numpy(), "face.term_scale": scale.numpy().astype(np.float32)}
+    return q.to(torch.int8).numpy(), scale.numpy().astype(np.float32)
+
+
+def face_arrays(deformer) -> tuple[dict[str, np.ndarray], dict]:
+    """A :class:`~avatar3d.gaussian.bake.BakedFaceDeformer` as the file's ``face.bias``, terms and
+    residual arrays (module docstring), and the header's ``residual`` entry."""
+    weights = deformer.weights.detach().cpu()
+    terms, term_scale = quantised(weights[:52].permute(1, 0, 2))
+    arrays = {"face.bias": weights[52].numpy().astype(np.float16), "face.terms": terms, "face.term_scale": term_scale}
+    if deformer.residual is None:
+        return arrays, {"rank": 0}
+    basis, basis_scale = quantised(deformer.basis.detach().cpu().permute(1, 0, 2))
+    arrays.update({"face.residual": basis, "face.residual_scale": basis_scale})
+    linears = [m for m in deformer.residual.layers if isinstance(m, torch.nn.Linear)]
+    for i, m in enumerate(linears):
+        arrays[f"residual.w{i}"] = m.weight.detach().cpu().float().numpy()
+        arrays[f"residual.b{i}"] = m.bias.detach().cpu().float().numpy()
+    return arrays, {"rank": int(deformer.basis.shape[0]), "hidden": int(linears[0].out_features), "activation": "silu"}
+
+
+def face_deformer(pack: "WebPack"):
+    """The file's face arrays back into the :class:`~avatar3d.gaussian.bake.BakedFaceDeformer` they hold."""
+    from avatar3d.gaussian.bake import BakedFaceDeformer, ResidualNet
+
+    a, h = pack.arrays, pack.header
+    f32 = lambda name: torch.from_numpy(a[name].astype(np.float32))  # noqa: E731
+    terms = f32("face.terms") * f32("face.term_scale")  # [N, 52, 10]
+    weights = torch.cat([terms.permute(1, 0, 2), f32("face.bias")[None]], 0)
+    lo, hi = torch.tensor(h["motion"]["lo"]), torch.tensor(h["motion"]["hi"])
+    rank = int(h["residual"]["rank"])
+    if rank == 0:
+        return BakedFaceDeformer(weights, lo, hi)
+    net = ResidualNet(rank, int(h["residual"]["hidden"]))
+    with torch.no_grad():
+        for i, m in enumerate(x for x in net.layers if isinstance(x, torch.nn.Linear)):
+            m.weight.copy_(f32(f"residual.w{i}"))
+            m.bias.copy_(f32(f"residual.b{i}"))
+    basis = (f32("face.residual") * f32("face.residual_scale")).permute(1, 0, 2)  # [k, N, 10]
+    return BakedFaceDeformer(weights, lo, hi, net.eval(), basis.contiguous())
 
 
 def _gaussian_arrays(prefix: str, g) -> dict[str, np.ndarray]:
@@ -132,12 +175,10 @@ def build_pack(avatar, scene, run_name: str, loop: np.ndarray, bake: BakeConfig 
 
     train = np.asarray(scene.train)
     baked, summary = bake_avatar(avatar, scene.motion[train], bake)
-    weights = baked.face_deform.weights.detach().cpu()
-    arrays = {**_gaussian_arrays("face", avatar.face), **_gaussian_arrays("mouth", avatar.mouth)}
+    face, residual = face_arrays(baked.face_deform)
+    arrays = {**_gaussian_arrays("face", avatar.face), **_gaussian_arrays("mouth", avatar.mouth), **face}
     arrays["mouth.basis"] = avatar.mouth.params["motion_basis"].detach().cpu().numpy().astype(np.float16).reshape(
         len(avatar.mouth), -1, 3)
-    arrays["face.bias"] = weights[52].numpy().astype(np.float16)
-    arrays.update(quantised_terms(weights))
     loop = np.asarray(loop)
     bases = FrameBases(scene, loop)
     jpegs = []
@@ -157,6 +198,7 @@ def build_pack(avatar, scene, run_name: str, loop: np.ndarray, bake: BakeConfig 
         "motion": {"channels": list(BLENDSHAPE_NAMES), "lo": lo.tolist(), "hi": hi.tolist()},
         "mouth_channels": avatar.mouth_deform.code_index.tolist(),
         "bake": {**summary, "config": {k: getattr(bake, k) for k in bake.__dataclass_fields__}},
+        "residual": residual,
         "frames": {"index": loop.tolist(), "R": scene.R[loop].tolist(), "t": scene.t[loop].tolist(),
                    "code": scene.motion[loop].tolist()},
     }
@@ -266,20 +308,11 @@ def read_pack(path: Path) -> WebPack:
     return WebPack(header, arrays)
 
 
-def _weights(pack: WebPack) -> torch.Tensor:
-    """The file's terms and bias back into weights [53, N, 10]."""
-    terms = torch.from_numpy(pack.arrays["face.terms"].astype(np.float32))  # [N, 52, 10]
-    scale = torch.from_numpy(pack.arrays["face.term_scale"].astype(np.float32))  # [52, 10]
-    bias = torch.from_numpy(pack.arrays["face.bias"].astype(np.float32))  # [N, 10]
-    return torch.cat([(terms * scale).permute(1, 0, 2), bias[None]], 0)
-
-
 def avatar_from_pack(pack: WebPack, device="cpu"):
     """The baked avatar a file holds, as a :class:`~avatar3d.gaussian.avatar.GaussianAvatar` (the
-    same rasterizer as the fitted one) whose face field is the file's linear model."""
+    same rasterizer as the fitted one) whose face field is the file's baked one."""
     from avatar3d.gaussian.avatar import AvatarSpec, GaussianAvatar
-    from avatar3d.gaussian.bake import LinearFaceDeformer
-    from avatar3d.gaussian.deform import MotionStats
+    from avatar3d.core.motion import MotionStats
     from avatar3d.gaussian.gaussians import Gaussians, rgb_to_sh0
 
     def gaussians(prefix: str, extra: dict | None = None) -> Gaussians:
@@ -293,8 +326,7 @@ def avatar_from_pack(pack: WebPack, device="cpu"):
 
     h = pack.header
     mouth_basis = torch.from_numpy(pack.arrays["mouth.basis"].astype(np.float32)).reshape(int(h["num_mouth"]), -1)
-    lo, hi = torch.tensor(h["motion"]["lo"]), torch.tensor(h["motion"]["hi"])
-    deformer = LinearFaceDeformer(_weights(pack), lo, hi)
+    deformer = face_deformer(pack)
     stats = MotionStats.unclamped(torch.zeros(52), torch.ones(52))
     avatar = GaussianAvatar(AvatarSpec(), gaussians("face"), gaussians("mouth", {"motion_basis": mouth_basis}), stats,
                             0.0, face_deform=deformer)

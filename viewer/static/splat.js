@@ -2,7 +2,8 @@
 // drawn in the page with WebGL2, for the viewer's browser render mode.
 //
 // Per frame (BakedAvatar.draw): the face Gaussians' offsets from the motion code (bias + the
-// per-channel terms of the clamped code, sparse), the mouth Gaussians' offsets from its channels;
+// per-channel terms of the clamped code, sparse, + the residual's directions weighted by its small
+// net of the clamped code), the mouth Gaussians' offsets from its channels;
 // then, on the CPU in float64, the EWA projection of avatar3d/gaussian/rasterize.py (`project`:
 // the same clamp of x/z, eps2d, near plane, opacity cull and bounding boxes); a depth sort; and one
 // draw of the boxes (two triangles each) into a half-float framebuffer whose fragment shader evaluates
@@ -33,12 +34,12 @@ const A3DW = (() => {
   const TYPES = { float32: Float32Array, float16: Uint16Array, int8: Int8Array, uint8: Uint8Array, uint32: Uint32Array };
 
   // The file's header and arrays (float16 arrays come back as Float32Array). Throws an Error with a
-  // one-line reason on anything that is not a whole version-1 file.
+  // one-line reason on anything that is not a whole version-2 file.
   function parse(buf) {
     const dv = new DataView(buf);
     if (buf.byteLength < 12 || String.fromCharCode(...new Uint8Array(buf, 0, 4)) !== "A3DW") throw new Error("not an avatar3d web file");
     const version = dv.getUint32(4, true), n = dv.getUint32(8, true);
-    if (version !== 1) throw new Error(`avatar3d web file version ${version}; this page reads 1`);
+    if (version !== 2) throw new Error(`avatar3d web file version ${version}; this page reads 2`);
     if (12 + n > buf.byteLength) throw new Error("the avatar file is cut short (its header)");
     const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 12, n)));
     const start = 12 + n, arrays = {};
@@ -50,6 +51,35 @@ const A3DW = (() => {
       arrays[name] = a.dtype === "float16" ? halves(view) : view;
     }
     return { header, arrays };
+  }
+
+  // Per-Gaussian int8 terms [N, C, 10] with their scale [C, 10], sparse: per column c the
+  // (gaussian * 10 + component) indices and the values of its non-zero terms.
+  function sparseColumns(q, scale, N, C) {
+    const columns = [];
+    for (let c = 0; c < C; c++) {
+      let count = 0;
+      for (let n = 0; n < N; n++) for (let d = 0; d < 10; d++) if (q[(n * C + c) * 10 + d]) count++;
+      const idx = new Uint32Array(count), val = new Float32Array(count);
+      let j = 0;
+      for (let n = 0; n < N; n++) for (let d = 0; d < 10; d++) {
+        const v = q[(n * C + c) * 10 + d];
+        if (v) { idx[j] = n * 10 + d; val[j] = v * scale[c * 10 + d]; j++; }
+      }
+      columns.push({ idx, val });
+    }
+    return columns;
+  }
+
+  // One dense layer y = w . x + b (w [out, in] row-major), then silu(y) = y / (1 + e^-y) unless last.
+  function dense(layer, x, last) {
+    const out = layer.b.length, inn = x.length, y = new Float64Array(out);
+    for (let o = 0; o < out; o++) {
+      let v = layer.b[o];
+      for (let i = 0; i < inn; i++) v += layer.w[o * inn + i] * x[i];
+      y[o] = last ? v : v / (1 + Math.exp(-v));
+    }
+    return y;
   }
 
   function quatToRot(w, x, y, z) { // normalised, row-major 3x3
@@ -147,23 +177,16 @@ const A3DW = (() => {
       this.face = { means: a["face.means"], quats: a["face.quats"], logScales: a["face.log_scales"], opac: a["face.opacities"], colors: a["face.colors"] };
       this.mouth = { means: a["mouth.means"], quats: a["mouth.quats"], logScales: a["mouth.log_scales"], opac: a["mouth.opacities"], colors: a["mouth.colors"], basis: a["mouth.basis"] };
       this.bias = a["face.bias"];
-      // the channel terms, sparse: per channel the (gaussian * 10 + component) indices and values
-      const terms = a["face.terms"], scale = a["face.term_scale"], N = this.N;
-      this.terms = [];
-      for (let c = 0; c < 52; c++) {
-        let count = 0;
-        for (let n = 0; n < N; n++) for (let d = 0; d < 10; d++) if (terms[(n * 52 + c) * 10 + d]) count++;
-        const idx = new Uint32Array(count), val = new Float32Array(count);
-        let j = 0;
-        for (let n = 0; n < N; n++) for (let d = 0; d < 10; d++) {
-          const q = terms[(n * 52 + c) * 10 + d];
-          if (q) { idx[j] = n * 10 + d; val[j] = q * scale[c * 10 + d]; j++; }
-        }
-        this.terms.push({ idx, val });
-      }
+      this.terms = sparseColumns(a["face.terms"], a["face.term_scale"], this.N, 52);
+      // the residual: its directions, sparse like the terms, and the net that weights them
+      const rank = h.residual.rank;
+      this.residual = rank ? {
+        directions: sparseColumns(a["face.residual"], a["face.residual_scale"], this.N, rank),
+        layers: [0, 1, 2].map((i) => ({ w: a[`residual.w${i}`], b: a[`residual.b${i}`] })),
+      } : null;
       this.jpegs = a["frames.jpeg"]; this.jpegOffsets = a["frames.jpeg_offsets"];
       this.bases = new Map(); // frame position -> Promise<ImageBitmap>
-      this.offsets = new Float32Array(N * 10);
+      this.offsets = new Float32Array(this.N * 10);
       const total = this.N + this.M;
       this.instance = new Float32Array(total * 12);
       this.depth = new Float64Array(total);
@@ -210,15 +233,25 @@ const A3DW = (() => {
     }
 
     // The face Gaussians' offsets [N, 10] (mean 3, quaternion 4, log-scale 3) for motion code
-    // `code` [52] into this.offsets: bias + sum over channels of clamp(code, lo, hi) x term.
+    // `code` [52] into this.offsets: bias + sum over channels of clamp(code, lo, hi) x term, + sum
+    // over the residual's directions of net(clamped code) x direction.
     deform(code) {
-      const N = this.N, off = this.offsets;
+      const off = this.offsets;
       off.set(this.bias);
-      for (let c = 0; c < 52; c++) {
-        const x = Math.min(Math.max(code[c], this.lo[c]), this.hi[c]);
-        if (x === 0) continue;
-        const { idx, val } = this.terms[c];
-        for (let j = 0; j < idx.length; j++) off[idx[j]] += x * val[j];
+      const x = new Float64Array(52);
+      for (let c = 0; c < 52; c++) x[c] = Math.min(Math.max(code[c], this.lo[c]), this.hi[c]);
+      const add = (columns, weights) => {
+        for (let c = 0; c < columns.length; c++) {
+          const v = weights[c];
+          if (v === 0) continue;
+          const { idx, val } = columns[c];
+          for (let j = 0; j < idx.length; j++) off[idx[j]] += v * val[j];
+        }
+      };
+      add(this.terms, x);
+      if (this.residual) {
+        const [l0, l1, l2] = this.residual.layers;
+        add(this.residual.directions, dense(l2, dense(l1, dense(l0, x, false), false), true));
       }
     }
 
