@@ -17,7 +17,7 @@ from avatar3d.core.avatar import Conditioning, load_avatar
 from avatar3d.core.camera import Camera
 from avatar3d.errors import UserError
 from avatar3d.fit import FitConfig, run_fit
-from avatar3d.gaussian.deform import MotionStats
+from avatar3d.core.motion import MotionStats
 from avatar3d.nerf.avatar import NerfAvatar, NerfSpec
 from avatar3d.nerf.config import NerfConfig
 from avatar3d.nerf.march import (
@@ -28,11 +28,13 @@ from synth_dataset import make_fit_dataset, tiny_fit_params
 TINY = NerfConfig(num_levels=4, features_per_level=2, log2_table_size=10, base_resolution=8, max_resolution=64,
                   hidden=16, geo_dim=4, cond_dim=8, samples_per_ray=24, rays_per_step=256,
                   occupancy_resolution=16, occupancy_every=10, occupancy_warmup=30)
+UNCERTAIN = replace(TINY, uncertainty=True)
 
 
-def _avatar(config: NerfConfig = TINY, seed: int = 0) -> NerfAvatar:
+def _avatar(config: NerfConfig = TINY, seed: int = 0, audio_dim: int = 0) -> NerfAvatar:
     stats = MotionStats(torch.zeros(52), torch.ones(52), torch.zeros(52), torch.ones(52))
-    avatar = NerfAvatar(NerfSpec(config, lo=(-5.0, -5.0, -5.0), hi=(5.0, 5.0, 5.0)), stats)
+    audio = {"audio_features": "mel", "audio_window": 4, "audio_dim": audio_dim} if audio_dim else {}
+    avatar = NerfAvatar(NerfSpec(config, lo=(-5.0, -5.0, -5.0), hi=(5.0, 5.0, 5.0), **audio), stats)
     avatar.field.reset_parameters(torch.Generator().manual_seed(seed))
     return avatar
 
@@ -88,23 +90,25 @@ def test_samples_and_compositing_equal_brute_force():
 
 
 def test_march_is_the_composite_of_the_field_and_early_stop_changes_nothing_visible():
-    avatar = _avatar()
+    avatar = _avatar(UNCERTAIN)
     with torch.no_grad():  # a dense field so rays saturate and stop early
         avatar.field.density_mlp[-1].bias.data[0] = 1.5
     g = torch.Generator().manual_seed(2)
     origins = torch.tensor([0.0, 0.0, -20.0]).expand(40, 3).clone()
     dirs = torch.nn.functional.normalize(torch.randn(40, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
-    motion = torch.rand(1, 52, generator=g)
+    cond = Conditioning(torch.rand(1, 52, generator=g))
     with torch.no_grad():
-        rgb, alpha = avatar.march(origins, dirs, motion)
+        rgb, alpha, error = avatar.march(origins, dirs, cond, with_error=True)
         o, d, near, far = avatar.local_rays(origins, dirs)
         t, deltas = sample_along(near, far, TINY.samples_per_ray)
         u = (o[:, None] + t[..., None] * d[:, None] - avatar.lo) / (avatar.hi - avatar.lo)
-        sigma, col = avatar.field(u.reshape(-1, 3), avatar.field.code(motion))
+        sigma, col, err = avatar.field(u.reshape(-1, 3), avatar.field.code(cond.motion))
         ref_rgb, ref_alpha = composite(sigma.reshape(t.shape), col.reshape(t.shape + (3,)), deltas)
+        ref_error, _ = composite(sigma.reshape(t.shape), err.reshape(t.shape + (1,)), deltas)
         torch.testing.assert_close(rgb, ref_rgb, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(alpha, ref_alpha, atol=1e-5, rtol=1e-4)
-        stop_rgb, stop_alpha = avatar.march(origins, dirs, motion, early_stop=True)
+        torch.testing.assert_close(error, ref_error[:, 0], atol=1e-5, rtol=1e-4)  # the rays' expected error
+        stop_rgb, stop_alpha, _ = avatar.march(origins, dirs, cond, early_stop=True)
         assert (stop_rgb - rgb).abs().max() < 1e-3 and (stop_alpha - alpha).abs().max() < 1e-3
         assert float(alpha.min()) > 0.99  # they did saturate
 
@@ -127,17 +131,22 @@ def test_occupancy_grid_never_drops_a_segment_that_carries_density():
         assert carrying.any() and grid.occupied(pts[carrying]).all(), (seed, radius * G)
 
 
-def test_gradients_reach_the_hash_grid_and_the_mlps():
-    avatar = _avatar()
+def test_gradients_reach_the_hash_grid_the_mlps_and_the_audio_encoder():
+    avatar = _avatar(UNCERTAIN, audio_dim=6)
     origins = torch.tensor([0.0, 0.0, -20.0]).expand(16, 3).clone()
     dirs = torch.nn.functional.normalize(torch.randn(16, 3, generator=torch.Generator().manual_seed(3)) * 0.1
                                          + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
-    rgb, alpha = avatar.march(origins, dirs, torch.rand(1, 52), torch.Generator().manual_seed(4))
-    (rgb.sum() + alpha.sum()).backward()
+    cond = Conditioning(torch.rand(1, 52), torch.randn(1, 4, 6))
+    rgb, alpha, error = avatar.march(origins, dirs, cond, torch.Generator().manual_seed(4), with_error=True)
+    (rgb.sum() + alpha.sum() + error.sum()).backward()
     grid, mlp = avatar.field.parameter_groups()
     for p in grid + mlp:
         assert p.grad is not None and torch.isfinite(p.grad).all()
-    assert all(float(p.grad.abs().sum()) > 0 for p in grid)
+    audio = avatar.field.audio
+    # (the attention over time's bias shifts every logit alike: softmax ignores it, so it gets no gradient)
+    assert all(float(p.grad.abs().sum()) > 0 for p in grid + [audio.frames[0].weight, audio.time_attn.weight, audio.out.weight])
+    with pytest.raises(ValueError, match="audio is required"):
+        avatar.march(origins, dirs, Conditioning(torch.rand(1, 52)))
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +182,9 @@ def test_a_tiny_fit_learns_and_draws_through_the_avatar_interface(synthetic, tmp
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_fit(synthetic, tmp_path):
-    preset = _preset(tmp_path, steps=40, checkpoint_every=15, nerf=replace(TINY, occupancy_warmup=10, occupancy_every=5))
+    """With the audio window too: a run that listens to the dataset's mel features."""
+    preset = _preset(tmp_path, steps=40, checkpoint_every=15, audio_features="mel", audio_window=4,
+                     nerf=replace(UNCERTAIN, occupancy_warmup=10, occupancy_every=5, uncertainty_start=0.25))
     full = run_fit(FitConfig(synthetic, tmp_path / "a", field="nerf", preset=preset, device="cpu", progress=False, threads=1))
 
     def kill_at_20(step: int) -> None:
@@ -192,3 +203,5 @@ def test_resume_after_a_kill_gives_the_uninterrupted_fit(synthetic, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
     assert resumed["psnr_head"] == pytest.approx(full["psnr_head"], abs=1e-3)
+    avatar = load_avatar(tmp_path / "b", "cpu")
+    assert avatar.audio_features == "mel" and avatar.audio_window == 4 and avatar.field.audio is not None

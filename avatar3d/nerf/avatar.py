@@ -19,7 +19,7 @@ from avatar3d.core.avatar import Conditioning, write_avatar
 from avatar3d.core.headbox import HeadBox
 from avatar3d.core.runs import RunPaths
 from avatar3d.errors import UserError
-from avatar3d.gaussian.deform import MotionStats
+from avatar3d.core.motion import MotionStats
 from avatar3d.nerf.config import NerfConfig
 from avatar3d.nerf.field import NerfField
 from avatar3d.nerf.march import MAX_DEPTH, OccupancyGrid, camera_rays, composite_segment, pixel_grid, ray_box, sample_along
@@ -37,6 +37,10 @@ class NerfSpec:
     lo: tuple = (-10.0, -10.0, -10.0)
     hi: tuple = (10.0, 10.0, 10.0)
     field: str = "nerf"
+    audio_features: str = ""
+    """Name of the audio features (features/<name>.npy) the field listens to; "" = the motion code only."""
+    audio_window: int = 0
+    audio_dim: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -51,26 +55,33 @@ class NerfSpec:
         return NerfSpec(**obj)
 
     @staticmethod
-    def of_box(config: NerfConfig, box: HeadBox) -> "NerfSpec":
+    def of_box(config: NerfConfig, box: HeadBox, audio_features: str = "", audio_window: int = 0,
+               audio_dim: int = 0) -> "NerfSpec":
         return NerfSpec(config, tuple(tuple(float(v) for v in r) for r in box.axes), tuple(float(v) for v in box.centre),
-                        tuple(float(v) for v in box.lo), tuple(float(v) for v in box.hi))
+                        tuple(float(v) for v in box.lo), tuple(float(v) for v in box.hi),
+                        audio_features=audio_features, audio_window=audio_window, audio_dim=audio_dim)
 
 
 class NerfAvatar(nn.Module):
     """The field in its head box (see module docstring)."""
 
-    audio_features = ""  # the NeRF field listens to the motion code only
-    audio_window = 0
-
     def __init__(self, spec: NerfSpec, stats: MotionStats):
         super().__init__()
         self.spec = spec
-        self.field = NerfField(spec.config, stats)
+        self.field = NerfField(spec.config, stats, spec.audio_dim if spec.audio_features else 0)
         self.register_buffer("axes", torch.tensor(spec.axes, dtype=torch.float32))
         self.register_buffer("centre", torch.tensor(spec.centre, dtype=torch.float32))
         self.register_buffer("lo", torch.tensor(spec.lo, dtype=torch.float32))
         self.register_buffer("hi", torch.tensor(spec.hi, dtype=torch.float32))
         self.occupancy = OccupancyGrid(spec.config.occupancy_resolution)
+
+    @property
+    def audio_features(self) -> str:
+        return self.spec.audio_features
+
+    @property
+    def audio_window(self) -> int:
+        return self.spec.audio_window
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
@@ -86,18 +97,23 @@ class NerfAvatar(nn.Module):
         near, far = ray_box(o, d, self.lo, self.hi)
         return o, d, near, far
 
-    def march(self, origins: torch.Tensor, dirs: torch.Tensor, motion: torch.Tensor,
-              generator: torch.Generator | None = None, early_stop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def march(self, origins: torch.Tensor, dirs: torch.Tensor, cond: Conditioning,
+              generator: torch.Generator | None = None, early_stop: bool = False,
+              with_error: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Colour (premultiplied) [P, 3] and alpha [P] of world rays ``origins``, ``dirs`` [P, 3]
-        under motion code ``motion`` [1, 52]; stratified samples with ``generator``, even ones without."""
+        under the one frame of ``cond``; stratified samples with ``generator``, even ones without.
+        With ``with_error`` (a field with ``uncertainty``), third the rays' expected photometric
+        error [P]: the points' errors composited with the densities detached (it is the error
+        head's to learn, not the geometry's); else None."""
         n = self.spec.config.samples_per_ray
         o, d, near, far = self.local_rays(origins, dirs)
-        code = self.field.code(motion)
+        code = self.field.code(cond.motion, cond.audio)
         t, deltas = sample_along(near, far, n, generator)
         deltas = torch.where((far > near)[:, None], deltas, torch.zeros_like(deltas))
         size = self.hi - self.lo
         P = origins.shape[0]
         rgb = torch.zeros(P, 3, device=origins.device)
+        error = torch.zeros(P, device=origins.device) if with_error else None
         depth = torch.zeros(P, device=origins.device)  # optical depth so far
         step = SEGMENT if early_stop else n
         for s in range(0, n, step):
@@ -109,14 +125,20 @@ class NerfAvatar(nn.Module):
             keep = active[:, None] & self.occupancy.occupied(u) & (dd > 0)
             sigma = torch.zeros(tt.shape, device=origins.device)
             color = torch.zeros(tt.shape + (3,), device=origins.device)
+            point_error = torch.zeros(tt.shape, device=origins.device)
             if bool(keep.any()):
                 where = keep.nonzero(as_tuple=True)
-                sig, col = self.field(u[keep], code)
+                sig, col, err = self.field(u[keep], code)
                 sigma = sigma.index_put(where, sig)
                 color = color.index_put(where, col)
+                if with_error:
+                    point_error = point_error.index_put(where, err)
+            if with_error:
+                added_error, _ = composite_segment(sigma.detach(), point_error[..., None], dd, depth.detach())
+                error = error + added_error[:, 0]
             added, depth = composite_segment(sigma, color, dd, depth)
             rgb = rgb + added
-        return rgb, 1.0 - torch.exp(-depth)
+        return rgb, 1.0 - torch.exp(-depth), error
 
     # -- the avatar interface ----------------------------------------------------------------
 
@@ -131,7 +153,7 @@ class NerfAvatar(nn.Module):
         out = torch.zeros(H * W, 4, device=self.lo.device)
         chunk = 1 << 14
         for s in range(0, H * W, chunk):
-            rgb, alpha = self.march(origins[s:s + chunk], dirs[s:s + chunk], cond.motion, None, early_stop=True)
+            rgb, alpha, _ = self.march(origins[s:s + chunk], dirs[s:s + chunk], cond, None, early_stop=True)
             out[s:s + chunk] = torch.cat([rgb, alpha[:, None]], -1)
         return out.reshape(H, W, 4)
 

@@ -36,6 +36,20 @@ class NerfConfig:
     """Density (per cm) below which a cell is empty (a 1 cm step through it would stop < 1 % of the light)."""
     lr_grid: float = 1e-2
     lr_mlp: float = 2e-3
+    audio_hidden: int = 32
+    """Width of the per-frame encoder of the audio window (runs fitted with --params.audio-features)."""
+    audio_dim: int = 16
+    """Channels of the encoded audio window that the region attention weighs beside the code's 52."""
+    uncertainty: bool = False
+    """Predict each ray's photometric error (a Laplace scale) and weigh the L1 by its inverse, so
+    the fit leans less on what the code cannot explain (hair, a sliding collar). Off: on the tiny
+    Obama fit it cost 0.7-2.7 dB of head PSNR (BENCHMARKS.md)."""
+    beta_min: float = 0.01
+    """The least predicted error (colour units 0..1): no pixel weighs more than 1 / beta_min times."""
+    uncertainty_start: float = 0.25
+    """Fraction of the steps after which the L1 is weighted by the predicted error (the error head learns from the start)."""
+    w_uncertainty: float = 0.1
+    """Weight of the uncertainty head's own loss (Laplace negative log-likelihood of the detached error)."""
     lips_start: float = 0.5
     """Fraction of the steps after which the lips stage starts (the box around the lips weighted x w_lips)."""
     w_lips: float = 2.0

@@ -2,12 +2,15 @@
 
 A tri-plane of 2D hash grids (:class:`avatar3d.cuda_ext.TriPlaneHashGrid`: the CUDA kernels on a
 GPU, their PyTorch twin elsewhere) encodes the point (unit-cube coordinates of the head box).
-Region attention reads the code where it matters: from the point's features, a weight in (0, 1)
-per channel of the standardised, clamped code, so the mouth's points can listen to the mouth
-channels and the eyes' to the blinks; the weighted code passes a linear layer to the
-conditioning. Density MLP: [point features, conditioning] -> density (softplus, per cm) and
-features for the colour MLP: [those, conditioning] -> RGB (sigmoid). In the ER-NeRF line (its
-paper's tri-plane and region attention); written here from the description.
+The frame's conditioning is the standardised, clamped code [52] and, for runs that listen to
+audio, the encoded audio window [audio_dim] (:class:`avatar3d.core.audio_window.AudioWindowEncoder`).
+Region attention reads it where it matters: from the point's features, a weight in (0, 1) per
+conditioning channel, so the mouth's points can listen to the mouth channels and the audio and
+the eyes' to the blinks; the weighted conditioning passes a linear layer. Density MLP: [point
+features, conditioning] -> density (softplus, per cm) and features for the colour MLP: [those,
+conditioning] -> RGB (sigmoid) and, with ``uncertainty``, the point's share of the ray's
+expected photometric error (softplus). In the ER-NeRF line (its paper's tri-plane, region
+attention and uncertainty); written here from the description.
 """
 from __future__ import annotations
 
@@ -15,14 +18,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avatar3d.gaussian.deform import MotionStats
+from avatar3d.core.audio_window import AudioWindowEncoder
+from avatar3d.core.motion import MotionStats
 from avatar3d.nerf.config import NerfConfig
 
 NUM_CHANNELS = 52
 
 
 class NerfField(nn.Module):
-    def __init__(self, config: NerfConfig, stats: MotionStats):
+    """The field (module docstring); ``audio_dim`` > 0: the size of the audio features it listens to."""
+
+    def __init__(self, config: NerfConfig, stats: MotionStats, audio_dim: int = 0):
         super().__init__()
         from avatar3d.cuda_ext import TriPlaneHashGrid
 
@@ -30,10 +36,13 @@ class NerfField(nn.Module):
         self.grid = TriPlaneHashGrid(c.num_levels, c.features_per_level, c.log2_table_size, c.base_resolution,
                                      c.max_resolution)
         feat = self.grid.out_dim
-        self.attention = nn.Linear(feat, NUM_CHANNELS)
-        self.condition = nn.Linear(NUM_CHANNELS, c.cond_dim)
+        self.audio = AudioWindowEncoder(audio_dim, c.audio_hidden, c.audio_dim) if audio_dim else None
+        channels = NUM_CHANNELS + (c.audio_dim if audio_dim else 0)
+        self.attention = nn.Linear(feat, channels)
+        self.condition = nn.Linear(channels, c.cond_dim)
         self.density_mlp = nn.Sequential(nn.Linear(feat + c.cond_dim, c.hidden), nn.ReLU(), nn.Linear(c.hidden, 1 + c.geo_dim))
-        self.color_mlp = nn.Sequential(nn.Linear(c.geo_dim + c.cond_dim, c.hidden), nn.ReLU(), nn.Linear(c.hidden, 3))
+        self.color_mlp = nn.Sequential(nn.Linear(c.geo_dim + c.cond_dim, c.hidden), nn.ReLU(),
+                                       nn.Linear(c.hidden, 3 + int(c.uncertainty)))
         for name in ("mean", "scale", "lo", "hi"):
             self.register_buffer(f"motion_{name}", getattr(stats, name).float().clone())
 
@@ -55,20 +64,28 @@ class NerfField(nn.Module):
         ids = {id(p) for p in grid}
         return grid, [p for p in self.parameters() if id(p) not in ids]
 
-    def code(self, motion: torch.Tensor) -> torch.Tensor:
-        """Motion codes [B, 52] -> standardised, clamped to the training range [B, 52]."""
+    def code(self, motion: torch.Tensor, audio: torch.Tensor | None = None) -> torch.Tensor:
+        """A frame's conditioning: motion codes [B, 52] standardised and clamped to the training
+        range, then the encoded audio windows ``audio`` [B, W, A] when the field listens to audio.
+        [B, 52 (+ audio_dim)]"""
         x = torch.minimum(torch.maximum(motion, self.motion_lo), self.motion_hi)
-        return (x - self.motion_mean) / self.motion_scale
+        x = (x - self.motion_mean) / self.motion_scale
+        if self.audio is None:
+            return x
+        if audio is None:
+            raise ValueError("this NeRF was fitted with audio features: conditioning.audio is required")
+        return torch.cat([x, self.audio(audio)], -1)
 
-    def forward(self, u: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points ``u`` [M, 3] in the unit cube under standardised codes ``code`` [1 or M, 52]
-        (:meth:`code`) -> density [M] (per cm) and RGB [M, 3]."""
+    def forward(self, u: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Points ``u`` [M, 3] in the unit cube under conditioning ``code`` [1 or M, C] (:meth:`code`)
+        -> density [M] (per cm), RGB [M, 3] and the points' expected error [M] (None without
+        ``uncertainty``)."""
         feat = self.grid(u)
         cond = self.condition(torch.sigmoid(self.attention(feat)) * code)
         h = self.density_mlp(torch.cat([feat, cond], -1))
         sigma = F.softplus(h[:, 0])
-        rgb = torch.sigmoid(self.color_mlp(torch.cat([h[:, 1:], cond], -1)))
-        return sigma, rgb
+        out = self.color_mlp(torch.cat([h[:, 1:], cond], -1))
+        return sigma, torch.sigmoid(out[:, :3]), F.softplus(out[:, 3]) if out.shape[1] > 3 else None
 
     def density(self, u: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Density only (the colour MLP skipped). [M]"""
