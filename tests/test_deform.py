@@ -88,3 +88,20 @@ def test_the_motion_code_must_be_the_52_blendshapes():
     config = DeformConfig(num_levels=2, log2_table_size=8, max_resolution=32, hidden=16, cond_dim=8)
     with pytest.raises(ValueError, match="52"):
         FaceDeformer(config, None, torch.zeros(3), torch.ones(3), MotionStats.unclamped(torch.zeros(30), torch.ones(30)), 0.0)
+
+
+def test_audio_weights_saved_under_their_old_names_still_load():
+    """Runs fitted before the audio-window encoder was shared saved it as audio_net/audio_time_attn/audio_out."""
+    from avatar3d.core.audio_window import renamed_state
+
+    config = DeformConfig(num_levels=2, log2_table_size=8, max_resolution=32, hidden=16, cond_dim=8)
+    M = len(BLENDSHAPE_NAMES)
+    stats = MotionStats.unclamped(torch.zeros(M), torch.ones(M))
+    field = FaceDeformer(config, (4, 6), torch.zeros(3), torch.ones(3), stats, 0.0)
+    state = {f"face_deform.{k}": v + 1 for k, v in field.state_dict().items()}
+    old = {k.replace("audio.frames.", "audio_net.").replace("audio.time_attn.", "audio_time_attn.")
+           .replace("audio.out.", "audio_out."): v for k, v in state.items()}
+    assert old.keys() != state.keys()
+    assert renamed_state(old, "face_deform.").keys() == state.keys()
+    field.load_state_dict({k[len("face_deform."):]: v for k, v in renamed_state(old, "face_deform.").items()})
+    torch.testing.assert_close(field.audio.out.weight, state["face_deform.audio.out.weight"])
