@@ -90,7 +90,8 @@ def measure(run: Path, tmp: Path, frames: int, draws: int) -> dict:
     table = read_pack(out)
     parts = {}
     for name, a in table.arrays.items():
-        key = "frames" if name.startswith("frames.") else "terms" if name.startswith("face.terms") else name.split(".")[0]
+        key = ("frames" if name.startswith("frames.") else "terms" if name.startswith("face.terms")
+               else "residual" if name.startswith(("face.residual", "residual.")) else name.split(".")[0])
         parts[key] = parts.get(key, 0) + a.nbytes
     url, stop = serve(out, draws)
     try:
