@@ -57,7 +57,7 @@ class GaussianAvatar(nn.Module):
     frames) and ``lower_face_y`` (canonical y of the base of the nose: below it only the speech
     channels act) shape what the face field reads; ``backend`` is the rasterizer every draw uses.
     ``face_deform``, when given, replaces the face field (a baked one:
-    :class:`avatar3d.gaussian.bake.LinearFaceDeformer`; the statistics are then unused).
+    :class:`avatar3d.gaussian.bake.BakedFaceDeformer`; the statistics are then unused).
     """
 
     def __init__(

@@ -207,8 +207,10 @@ def fit_residual(deformer, means: torch.Tensor, codes: torch.Tensor, weights: to
         g = net(x).double()  # [K, k]
         error = float((g - proj.double()).pow(2).sum() / proj.double().pow(2).sum().clamp(min=1e-30))
         gtr = torch.zeros(k, N * 10, dtype=torch.float64)
-        for s, (c, y) in zip(range(0, len(codes), 32), _offset_batches(deformer, means, codes)):
-            gtr += g[s : s + len(c)].T @ (y - _clamped_with_bias(c, lo, hi).double() @ w)
+        done = 0
+        for c, y in _offset_batches(deformer, means, codes):
+            gtr += g[done : done + len(c)].T @ (y - _clamped_with_bias(c, lo, hi).double() @ w)
+            done += len(c)
         gtg = g.T @ g
         basis = torch.linalg.solve(gtg + 1e-6 * torch.eye(k, dtype=torch.float64) * gtg.diagonal().mean(), gtr)
     return net.eval(), basis.float().reshape(k, N, 10), error
