@@ -39,8 +39,8 @@ class MotionStats:
 
     @staticmethod
     def from_state(state: dict[str, torch.Tensor], prefix: str) -> "MotionStats":
-        """The statistics saved in a :class:`FaceDeformer`'s state (keys ``prefix + motion_*``);
-        avatars saved before the clamp existed have no range and stay unclamped."""
+        """The statistics saved in a field's state (keys ``prefix + motion_*``); avatars saved
+        before the clamp existed have no range and stay unclamped."""
         stats = MotionStats.unclamped(state[prefix + "motion_mean"].cpu(), state[prefix + "motion_scale"].cpu())
         if prefix + "motion_lo" in state:
             stats = MotionStats(stats.mean, stats.scale, state[prefix + "motion_lo"].cpu(), state[prefix + "motion_hi"].cpu())

@@ -125,7 +125,7 @@ class NerfAvatar(nn.Module):
             keep = active[:, None] & self.occupancy.occupied(u) & (dd > 0)
             sigma = torch.zeros(tt.shape, device=origins.device)
             color = torch.zeros(tt.shape + (3,), device=origins.device)
-            point_error = torch.zeros(tt.shape, device=origins.device)
+            point_error = torch.zeros(tt.shape, device=origins.device) if with_error else None
             if bool(keep.any()):
                 where = keep.nonzero(as_tuple=True)
                 sig, col, err = self.field(u[keep], code)
@@ -175,8 +175,7 @@ class NerfAvatar(nn.Module):
 
     @staticmethod
     def from_state(spec: NerfSpec, state: dict) -> "NerfAvatar":
-        stats = MotionStats(state["field.motion_mean"].cpu(), state["field.motion_scale"].cpu(),
-                            state["field.motion_lo"].cpu(), state["field.motion_hi"].cpu())
+        stats = MotionStats.from_state(state, "field.")
         avatar = NerfAvatar(spec, stats)
         avatar.load_state_dict(state)
         return avatar
