@@ -123,6 +123,61 @@ def test_streaming_matches_offline():
     np.testing.assert_allclose(online, offline, atol=1e-4)
 
 
+def voice_matched_prior(audio: np.ndarray) -> P.AudioMotionPrior:
+    """A random prior matching driving voices to the voice of ``audio`` [S]."""
+    prior = random_prior()
+    with torch.no_grad():
+        prior.voice_mean.copy_(torch.from_numpy(P.voice_spectrum(prior, [A.encode("mel", audio)])))
+        prior.voice_match.fill_(1.0)
+    return prior
+
+
+def recorded_otherwise(audio: np.ndarray) -> np.ndarray:
+    """The same speech through another microphone and gain: a first-order high-pass tilt, -8 dB."""
+    return (0.4 * np.concatenate([audio[:1], audio[1:] - 0.7 * audio[:-1]])).astype(np.float32)
+
+
+def test_voice_matching_streams_like_offline():
+    audio, _ = speechlike(4.0, seed=2)
+    prior = voice_matched_prior(speechlike(6.0, seed=3)[0])
+    driving = recorded_otherwise(audio)
+    offline = P.predict_motion_from_audio(prior, driving)
+    stream = P.PriorStream(prior)
+    online = np.concatenate([stream.push(driving[i : i + 320]) for i in range(0, len(driving), 320)] + [stream.flush()])
+    np.testing.assert_allclose(online, offline, atol=1e-4)
+    with torch.no_grad():
+        prior.voice_match.fill_(0.0)
+    assert np.abs(P.predict_motion_from_audio(prior, driving) - offline).max() > 1e-3  # it does change something
+
+
+def test_voice_matching_undoes_a_recording_difference():
+    """The same speech recorded otherwise reads, once a second or two of it has been heard, much as
+    the identity's own recording does; without matching it reads differently throughout."""
+    audio, _ = speechlike(8.0, seed=4)
+    prior = voice_matched_prior(audio)
+    feats, other = A.encode("mel", audio), A.encode("mel", recorded_otherwise(audio))
+    own = P.predict_motion(prior, feats, normalised=True)
+    matched = P.predict_motion(prior, other, normalised=True)
+    with torch.no_grad():
+        prior.voice_match.fill_(0.0)
+    unmatched = P.predict_motion(prior, other, normalised=True)
+    err = lambda m: np.abs(m[75:] - own[75:]).mean()  # noqa: E731 (after 3 s)
+    assert err(matched) < 0.3 * err(unmatched)
+
+
+def test_voice_matching_keeps_silence_at_rest():
+    """The gate reads the features as they came: a shift that would lift silence into the
+    speech band leaves silent frames at exactly the rest pose."""
+    audio, _ = speechlike(4.0, seed=6)
+    prior = voice_matched_prior(audio)
+    with torch.no_grad():
+        prior.rest.uniform_(0.1, 0.3)
+        prior.voice_mean.add_(1.0)  # the own voice 40 dB louder in every band
+    audio[AUDIO_RATE : 2 * AUDIO_RATE] = 0.0
+    m = P.predict_motion_from_audio(prior, audio)
+    np.testing.assert_allclose(m[25:48], np.broadcast_to(prior.rest.numpy(), m[25:48].shape), atol=1e-6)
+
+
 def test_silence_gate_gives_rest_pose():
     prior = random_prior()
     with torch.no_grad():
@@ -157,10 +212,14 @@ def test_save_load_roundtrip(tmp_path):
     prior = random_prior()
     assert prior.train_info == {}
     prior.train_info = {"note": "x"}
+    with torch.no_grad():
+        prior.voice_mean.uniform_(-0.5, 0.0)
+        prior.voice_match.fill_(0.5)
     P.save_prior(prior, tmp_path / "p.pt")
     loaded = P.load_prior(tmp_path / "p.pt")
     feats = np.random.default_rng(3).normal(0, 0.5, (30, 4, 80)).astype(np.float32)
     np.testing.assert_array_equal(P.predict_motion(prior, feats), P.predict_motion(loaded, feats))
+    assert float(loaded.voice_match) == 0.5
     assert loaded.train_info == {"note": "x"}
     assert [p.name for p in tmp_path.iterdir()] == ["p.pt"]  # no temp file left behind
 
@@ -231,6 +290,9 @@ def test_finetune_adapts_output_range(trained, synthetic_sets):
     assert not clip.valid[P.read_manifest(synthetic_sets[2]).frame_indices("val")].any()
     np.testing.assert_allclose(tuned.rest.numpy(), clip.rest, rtol=1e-6)
     assert tuned.train_info["finetuned_on"] == ["spk2"]
+    # it keeps the identity's voice, and matches driving voices to it (the generic prior does not)
+    np.testing.assert_allclose(tuned.voice_mean.numpy(), P.voice_spectrum(tuned, [clip.features]))
+    assert float(tuned.voice_match) == 1.0 and float(trained.voice_match) == 0.0
     # the identity's own range: tuned predictions span its jaw range better than the generic ones
     span = lambda p: np.percentile(P.predict_motion(p, clip.features)[:, P.JAW_OPEN], [5, 95])
     true_span = np.percentile(clip.motion[:, P.JAW_OPEN], [5, 95])
@@ -331,6 +393,7 @@ def test_shipped_prior_is_small_and_streams():
     with P.shipped_prior_path().open("rb") as f:
         assert len(f.read()) <= 20 * 2**20
     prior = P.load_prior()
+    assert float(prior.voice_match) == 0.0  # weights from before voice matching load with it off
     audio = fixed_input()
     stream = P.PriorStream(prior)
     online = np.concatenate([stream.push(audio[i : i + 320]) for i in range(0, len(audio), 320)] + [stream.flush()])

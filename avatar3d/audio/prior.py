@@ -29,6 +29,20 @@ Per-speaker normalisation
     frames and the mean scale (:func:`generic_output_stats`); the identity's own after
     :func:`finetune_prior`. Silence is trained to ``u = 0`` (the rest pose).
 
+Voice matching
+    A driving voice recorded unlike the identity's clip (a radio voice, EQ'd and compressed; another
+    microphone) shifts every band of the log-mel input, and the prior reads that as articulation:
+    on a radio address the fine-tuned priors pressed the lips on open vowels as hard as on /p b m/
+    (BENCHMARKS.md, articulation, lever 4). A fine-tuned prior therefore carries the identity's own
+    mean log-mel spectrum over its sounding frames (``voice_mean`` [F]) and moves the driving
+    voice's mean there: each input frame ``i`` gets ``voice_match * (voice_mean - m_i)`` added,
+    where ``m_i`` is the running mean of the driving audio's sounding frames up to ``i``, started
+    from ``voice_mean`` with the weight of ``VOICE_PRIOR_FRAMES`` frames (so the first second of
+    speech is matched partly, and nothing is shifted before any speech). It is causal, so offline
+    and streaming inference compute the same (:class:`VoiceMatch`); the silence gate reads the
+    unshifted features. ``voice_match`` 0 (the shipped generic prior, weights from before it
+    existed) leaves the input as it is.
+
 Audio/video offsets
     Some source clips carry an audio/video offset (BENCHMARKS.md lists the test clips'). Training measures each clip's offset (:func:`av_offset`, the lag in
     +-``max_offset`` frames maximising the correlation of jawOpen and speech loudness) and trains
@@ -130,7 +144,8 @@ class AudioMotionPrior(nn.Module):
     """Temporal conv net ``[B, T + R - 1, *frame_shape]`` features -> ``[B, T, M]`` normalised motion.
 
     Buffers: ``feat_mean``/``feat_std`` [F] (per mel band, input normalisation), ``rest``/``scale``
-    [M] (output de-normalisation, see the module docstring).
+    [M] (output de-normalisation), ``voice_mean`` [F] and ``voice_match`` [] (voice matching);
+    see the module docstring.
     """
 
     def __init__(self, config: PriorNetConfig, num_motion: int = len(SPEECH_CHANNELS)):
@@ -145,6 +160,8 @@ class AudioMotionPrior(nn.Module):
         self.register_buffer("feat_std", torch.ones(feat_dim))
         self.register_buffer("rest", torch.zeros(num_motion))
         self.register_buffer("scale", torch.ones(num_motion))
+        self.register_buffer("voice_mean", torch.zeros(feat_dim))
+        self.register_buffer("voice_match", torch.zeros(()))
         self.train_info: dict = {}
         """How the weights were made (datasets, steps, losses, fine-tuning): saved with them."""
         h = config.hidden
@@ -170,10 +187,14 @@ class AudioMotionPrior(nn.Module):
     def lookahead(self) -> int:
         return self.config.lookahead
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """``feats`` [B, T + R - 1, *frame_shape] -> normalised motion [B, T, M]."""
+    def forward(self, feats: torch.Tensor, voice_shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``feats`` [B, T + R - 1, *frame_shape] -> normalised motion [B, T, M].
+
+        ``voice_shift`` [B, T + R - 1, F] is added to every window of a frame before the net (the
+        silence gate reads ``feats`` as they are); None = no shift (training, fine-tuning)."""
         b, t = feats.shape[:2]
-        x = (feats - self.feat_mean) / self.feat_std  # [B, T', ..., F]
+        x = feats if voice_shift is None else feats + voice_shift.reshape(b, t, *([1] * (feats.dim() - 3)), -1)
+        x = (x - self.feat_mean) / self.feat_std  # [B, T', ..., F]
         x = x.reshape(b, t, -1).transpose(1, 2)  # [B, D, T']
         x = F.gelu(self.inp(x))  # [B, H, T']
         for conv, norm, off in zip(self.convs, self.norms, self.skip_offsets):
@@ -230,12 +251,46 @@ def pad_features(prior: AudioMotionPrior, feats: np.ndarray) -> np.ndarray:
     return np.concatenate([_silence_frames(prior, r - 1 - la), feats, _silence_frames(prior, la)])
 
 
+VOICE_PRIOR_FRAMES = 25
+"""Weight, in sounding frames (1 s), of the identity's own mean spectrum that the driving voice's
+running mean starts from (module docstring, voice matching)."""
+
+
+class VoiceMatch:
+    """The running voice-matching shift of one driving audio: feed its frames in order, in one call
+    or many (the result is the same), get the shift each frame gets. See the module docstring.
+
+    ``shift(frames [k, W, F]) -> [k, F]`` float32; all zeros when the prior does not match voices.
+    """
+
+    def __init__(self, prior: AudioMotionPrior):
+        self.target = prior.voice_mean.detach().double().cpu().numpy()  # [F]
+        self.share = float(prior.voice_match)
+        self.loud_db = prior.config.silence_db[1]
+        self._sum = VOICE_PRIOR_FRAMES * self.target  # [F]: sounding frames' means so far, plus the start
+        self._count = float(VOICE_PRIOR_FRAMES)
+
+    @property
+    def active(self) -> bool:
+        return self.share != 0.0
+
+    def shift(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames, np.float64)
+        if not self.active or len(frames) == 0:
+            return np.zeros((len(frames), frames.shape[-1]), np.float32)
+        sounding = (speech_loudness(frames) > self.loud_db).astype(np.float64)  # [k]
+        sums = self._sum + np.cumsum(sounding[:, None] * frames.mean(axis=1), axis=0)  # [k, F]
+        counts = self._count + np.cumsum(sounding)  # [k]
+        self._sum, self._count = sums[-1], float(counts[-1])
+        return (self.share * (self.target - sums / counts[:, None])).astype(np.float32)
+
+
 @torch.no_grad()
 def predict_motion(prior: AudioMotionPrior, audio_features: np.ndarray, normalised: bool = False) -> np.ndarray:
     """Offline inference: ``[N, *frame_shape]`` features -> ``[N, M]`` float32 motion code.
 
     Blendshape units in [0, 1] (SPEECH_CHANNELS order), or the net's normalised output when
-    ``normalised``.
+    ``normalised``. The features are one driving audio from its start (voice matching runs over it).
     """
     feats = _check_features(prior, audio_features)
     if len(feats) == 0:
@@ -243,7 +298,14 @@ def predict_motion(prior: AudioMotionPrior, audio_features: np.ndarray, normalis
     prior.eval()
     device = prior.feat_mean.device
     x = torch.from_numpy(pad_features(prior, feats)).to(device)[None]
-    u = prior(x)[0]  # [N, M]
+    voice = VoiceMatch(prior)
+    shift = None
+    if voice.active:  # the silence padding is not shifted, as in PriorStream
+        r, la = prior.receptive_field, prior.lookahead
+        shift = np.zeros((x.shape[1], feats.shape[-1]), np.float32)
+        shift[r - 1 - la : r - 1 - la + len(feats)] = voice.shift(feats)
+        shift = torch.from_numpy(shift).to(device)[None]
+    u = prior(x, shift)[0]  # [N, M]
     out = u if normalised else prior.denormalise(u)
     return out.float().cpu().numpy()
 
@@ -287,22 +349,23 @@ class PriorStream:
         self._bufs: list[list[np.ndarray]] = [[] for _ in self._layers]  # inputs of each layer
         self._loud: list[float] = []  # speech loudness of the last lookahead + 1 input frames
         self._silence_db = prior.config.silence_db
+        self._voice = VoiceMatch(prior)
         self._mel = A.MelStream()
         self.frames_out = 0
         r = prior.receptive_field
         self._warming = True
-        self._feed(_silence_frames(prior, r - 1 - self.lookahead))  # the offline silence prefix
+        self._feed(_silence_frames(prior, r - 1 - self.lookahead), padding=True)  # the offline silence prefix
         self._warming = False
 
-    def _step(self, frame: np.ndarray) -> np.ndarray | None:
-        """One input frame ``[4, 80]`` -> the motion ``[M]`` it completes, if any."""
+    def _step(self, frame: np.ndarray, shift: np.ndarray) -> np.ndarray | None:
+        """One input frame ``[4, 80]`` and its voice shift ``[80]`` -> the motion ``[M]`` it completes, if any."""
         from scipy.special import erf
 
         gelu = lambda v: 0.5 * v * (1.0 + erf(v / np.sqrt(2.0)))  # noqa: E731
         self._loud.append(float(speech_loudness(np.asarray(frame)[None, GATE_SUBFRAMES])[0]))
         if len(self._loud) > self.lookahead + 1:
             self._loud.pop(0)
-        x = ((np.asarray(frame, np.float32) - self._mean) / self._std).reshape(-1)  # [D]
+        x = ((np.asarray(frame, np.float32) + shift - self._mean) / self._std).reshape(-1)  # [D]
         x = gelu(self._w_in @ x + self._b_in)  # [H]
         for buf, (d, off, w, b, nw, nb, eps) in zip(self._bufs, self._layers):
             buf.append(x)
@@ -317,8 +380,11 @@ class PriorStream:
         gate = np.clip((max(self._loud) - self._silence_db[0]) / (self._silence_db[1] - self._silence_db[0]), 0.0, 1.0)
         return np.clip(self._rest + self._scale * u * gate, 0.0, 1.0).astype(np.float32)
 
-    def _feed(self, frames: np.ndarray) -> np.ndarray:
-        outs = [m for m in (self._step(f) for f in frames) if m is not None]
+    def _feed(self, frames: np.ndarray, padding: bool = False) -> np.ndarray:
+        """Input frames ``[k, 4, 80]`` -> the motion ``[j, M]`` they complete; ``padding`` frames
+        (the silence before and after the audio) are not voice-matched, as offline."""
+        shifts = np.zeros((len(frames), frames.shape[-1]), np.float32) if padding else self._voice.shift(frames)
+        outs = [m for m in (self._step(f, d) for f, d in zip(frames, shifts)) if m is not None]
         if not self._warming:
             self.frames_out += len(outs)
         if not outs:
@@ -331,7 +397,7 @@ class PriorStream:
 
     def flush(self) -> np.ndarray:
         """End of stream: the last ``lookahead`` frames (partial audio in the last frame is dropped)."""
-        return self._feed(np.full((self.lookahead, *self.frame_shape), A.SILENCE_VALUE, np.float32))
+        return self._feed(np.full((self.lookahead, *self.frame_shape), A.SILENCE_VALUE, np.float32), padding=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,7 +448,10 @@ def load_prior(path: Path | None = None, device: str | torch.device = "cpu") -> 
         raise UserError(f"prior weights {path} were made by another avatar3d version: retrain them")
     net = {k: tuple(v) if isinstance(v, list) else v for k, v in obj["net"].items()}
     prior = AudioMotionPrior(PriorNetConfig(**net))
-    prior.load_state_dict(obj["state_dict"])
+    state = dict(obj["state_dict"])
+    for key in ("voice_mean", "voice_match"):  # weights from before voice matching: it stays off
+        state.setdefault(key, getattr(prior, key))
+    prior.load_state_dict(state)
     prior.train_info = json.loads(obj.get("train", "{}"))
     return prior.to(device).eval()
 
@@ -745,6 +814,7 @@ def finetune_prior(
     split: str | None = "train",
     match_spread: bool = True,
     closure_weight: float = 0.0,
+    voice_match: float = 1.0,
 ) -> AudioMotionPrior:
     """Adapt a (generic) prior to one identity: returns a new prior, ``prior`` is left unchanged.
 
@@ -754,7 +824,8 @@ def finetune_prior(
     (:func:`match_articulation`). With ``closure_weight`` > 0 the frames of the identity's /p b m/
     (phones aligned on its English audio, :func:`bilabial_weights`) weigh ``1 + closure_weight``
     in the loss. Only the frames of ``split`` (default the train split; None = all) are used, so
-    the validation frames stay unseen.
+    the validation frames stay unseen. The tuned prior keeps the identity's mean spectrum and
+    moves a driving voice's ``voice_match`` of the way to it (module docstring; 0 = off).
     """
     hp = hp or TrainHyper(steps=steps, lr=2e-4)
     if hp.steps != steps:
@@ -775,7 +846,26 @@ def finetune_prior(
     if match_spread:
         gains = match_articulation(tuned.eval(), clips)
         tuned.train_info["articulation_gain"] = [round(float(g), 3) for g in gains]
+    own_voice = voice_spectrum(tuned, [c.features for c in clips])
+    if own_voice is None:  # a silent clip: there is no voice to match to
+        voice_match = 0.0
+    else:
+        with torch.no_grad():
+            tuned.voice_mean.copy_(torch.from_numpy(own_voice))
+    tuned.voice_match.fill_(float(voice_match))
+    tuned.train_info["voice_match"] = float(voice_match)
     return tuned.eval()
+
+
+def voice_spectrum(prior: AudioMotionPrior, features: Sequence[np.ndarray]) -> np.ndarray | None:
+    """A voice's mean log-mel spectrum ``[F]`` over the sounding frames (the silence gate fully open)
+    of ``features`` (each ``[N, W, F]``), as :class:`VoiceMatch` averages a driving voice; None
+    when no frame sounds."""
+    frames = np.concatenate([np.asarray(f, np.float64) for f in features])
+    sounding = speech_loudness(frames) > prior.config.silence_db[1]
+    if not sounding.any():
+        return None
+    return frames[sounding].mean(axis=(0, 1)).astype(np.float32)
 
 
 MAX_ARTICULATION_GAIN = 2.5

@@ -113,6 +113,10 @@ class FitParams:
     """Extra loss weight of the clip's /p b m/ frames in that fine-tuning (phones aligned on its
     audio: English clips only); 0 = off. 4 gave a few more closures on the CNN clip (BENCHMARKS.md,
     articulation)."""
+    prior_voice_match: float = 1.0
+    """Share of the way a driving voice's mean spectrum is moved to this identity's own before the
+    fine-tuned prior reads it (a running mean, the same live and offline); 0 = off. It opened the
+    vowels a radio voice had pressed shut (BENCHMARKS.md, articulation, lever 4)."""
     seed: int = 0
     """Seed of this fit's random generator (frame order, initialisation, splits)."""
     backend: Backend = "auto"
