@@ -171,6 +171,9 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     # its flicker is the real one's within the bound
     assert real["torso_flicker"] > 0 and 0.5 < c["torso_flicker_vs_real"] <= 1.5, (c, real)
     assert result["prior"] == str(run_dir / "prior.pt")  # the identity's fine-tuned prior
+    from avatar3d.audio.prior import load_prior
+
+    assert float(load_prior(run_dir / "prior.pt").voice_match) == 1.0  # matching driving voices to its own
     # the silence bound re-measured on training frames shown at the avatar's resolution
     assert real["train_frames_fit_resolution"] > 0 and real["train_opening_p10_fit_resolution"] is not None
     png = cv2.imread(str(out.with_suffix(".png")))
