@@ -266,7 +266,7 @@ class VoiceMatch:
     def __init__(self, prior: AudioMotionPrior):
         self.target = prior.voice_mean.detach().double().cpu().numpy()  # [F]
         self.share = float(prior.voice_match)
-        self.loud_db = prior.config.silence_db[1]
+        self.prior = prior
         self._sum = VOICE_PRIOR_FRAMES * self.target  # [F]: sounding frames' means so far, plus the start
         self._count = float(VOICE_PRIOR_FRAMES)
 
@@ -278,7 +278,7 @@ class VoiceMatch:
         frames = np.asarray(frames, np.float64)
         if not self.active or len(frames) == 0:
             return np.zeros((len(frames), frames.shape[-1]), np.float32)
-        sounding = (speech_loudness(frames) > self.loud_db).astype(np.float64)  # [k]
+        sounding = sounding_frames(self.prior, frames).astype(np.float64)  # [k]
         sums = self._sum + np.cumsum(sounding[:, None] * frames.mean(axis=1), axis=0)  # [k, F]
         counts = self._count + np.cumsum(sounding)  # [k]
         self._sum, self._count = sums[-1], float(counts[-1])
@@ -491,6 +491,12 @@ def speech_loudness(features: np.ndarray) -> np.ndarray:
     """Speech-band (300-4000 Hz) loudness per frame in dB from ``mel`` features ``[N, W, 80]``: ``[N]``."""
     power = 10.0 ** (4.0 * np.asarray(features, np.float64)[..., _speech_band()] - 4.0)
     return 10 * np.log10(power.sum(axis=(1, 2)) + 1e-10)
+
+
+def sounding_frames(prior: AudioMotionPrior, features: np.ndarray) -> np.ndarray:
+    """``[N]`` bool: the frames of ``[N, W, F]`` features loud enough that the silence gate is fully open
+    (speech-band loudness above its upper threshold): the frames that speak."""
+    return speech_loudness(features) > prior.config.silence_db[1]
 
 
 def shift_tracks(motion: np.ndarray, valid: np.ndarray, lag: int) -> tuple[np.ndarray, np.ndarray]:
@@ -858,11 +864,11 @@ def finetune_prior(
 
 
 def voice_spectrum(prior: AudioMotionPrior, features: Sequence[np.ndarray]) -> np.ndarray | None:
-    """A voice's mean log-mel spectrum ``[F]`` over the sounding frames (the silence gate fully open)
+    """A voice's mean log-mel spectrum ``[F]`` over the sounding frames (:func:`sounding_frames`)
     of ``features`` (each ``[N, W, F]``), as :class:`VoiceMatch` averages a driving voice; None
     when no frame sounds."""
     frames = np.concatenate([np.asarray(f, np.float64) for f in features])
-    sounding = speech_loudness(frames) > prior.config.silence_db[1]
+    sounding = sounding_frames(prior, frames)
     if not sounding.any():
         return None
     return frames[sounding].mean(axis=(0, 1)).astype(np.float32)
@@ -896,8 +902,7 @@ def match_articulation(prior: AudioMotionPrior, clips: Sequence[SpeakerClip]) ->
     pred, true = [], []
     for clip in clips:
         motion, valid = shift_tracks(clip.motion, clip.valid, clip.offset)
-        loud = speech_loudness(clip.features)
-        sounding = valid & (loud > prior.config.silence_db[1])  # the gate is fully open there
+        sounding = valid & sounding_frames(prior, clip.features)
         if sounding.sum() < 25:
             continue
         pred.append(predict_motion(prior, clip.features, normalised=True)[sounding])
