@@ -178,6 +178,15 @@ def test_voice_matching_keeps_silence_at_rest():
     np.testing.assert_allclose(m[25:48], np.broadcast_to(prior.rest.numpy(), m[25:48].shape), atol=1e-6)
 
 
+def test_a_silent_voice_has_no_spectrum_to_match():
+    """A clip with no sounding frame gives no voice (fine-tuning then leaves matching off)."""
+    prior = random_prior()
+    silence = np.full((40, *prior.frame_shape), A.SILENCE_VALUE, np.float32)
+    assert P.voice_spectrum(prior, [silence]) is None
+    speech = A.encode("mel", speechlike(2.0, seed=5)[0])
+    assert P.voice_spectrum(prior, [silence, speech]).shape == (80,)
+
+
 def test_silence_gate_gives_rest_pose():
     prior = random_prior()
     with torch.no_grad():
