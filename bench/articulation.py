@@ -42,10 +42,6 @@ class SummaryConfig:
     """Where to write the summary (and the .md table beside it)."""
 
 
-def _ratio(a, b):
-    return None if a is None or b is None or b == 0 else a / b
-
-
 def _check(value, ok) -> bool | None:
     return None if value is None else bool(ok(value))
 
@@ -60,8 +56,7 @@ def summarise(path: Path) -> dict:
     prior = load_prior(Path(d["prior"])) if d.get("prior") else None
     s, c, real = d["self_driven"], d["cross_driven"], d["real_clip"]
     a, ra = c["articulation"], real["articulation"]
-    closure_vs_real = _ratio(a.get("bilabial_closure_rate"), ra.get("bilabial_closure_rate"))
-    vowel_vs_real = _ratio(a.get("open_vowel_opening"), ra.get("open_vowel_opening"))
+    closure_vs_real, vowel_vs_real = a.get("bilabial_closure_rate_vs_real"), a.get("open_vowel_opening_vs_real")
     silent, bound = c.get("silent_settled_opening_median"), real.get("train_opening_p10_fit_resolution")
     return {
         "eval": str(path),
