@@ -176,6 +176,7 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert float(load_prior(run_dir / "prior.pt").voice_match) == 1.0  # matching driving voices to its own
     # the silence bound re-measured on training frames shown at the avatar's resolution
     assert real["train_frames_fit_resolution"] > 0 and real["train_opening_p10_fit_resolution"] is not None
+    assert (run_dir / "eval_clip_cache.json").is_file()  # kept for the run's next eval
     png = cv2.imread(str(out.with_suffix(".png")))
     assert png is not None and png.shape[0] > 300 and png.shape[1] > 600
     # seams of the val frames and of the cross-driven frames, and their contact sheet
@@ -196,6 +197,37 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert "silent mouth" not in line and "LMD n/a px" in line
     rc, err = _cli(["eval", tmp_path / "nope", "--device", "cpu"], capsys)
     assert rc == 2 and "run not found" in err
+
+
+def test_eval_reads_the_clip_once_per_run(run_dir, tmp_path, monkeypatch):
+    """The real clip's every-frame measures are kept beside the run and read back while the
+    dataset and the window are unchanged; another window, or a corrupt cache, measures anew."""
+    import dataclasses
+
+    import avatar3d.core.scene as scene_module
+    from avatar3d.core.runs import open_run
+    from avatar3d.core.scene import load_run_scene
+    from avatar3d.drive.evaluate import clip_frame_measures
+
+    scene = load_run_scene(open_run(run_dir), "")
+    cache = tmp_path / "clip_cache.json"
+    reads = []
+    real_iter = scene_module.iter_dataset_frames
+
+    def counting_iter(*args, **kwargs):
+        reads.append(1)
+        return real_iter(*args, **kwargs)
+
+    monkeypatch.setattr(scene_module, "iter_dataset_frames", counting_iter)
+    first = clip_frame_measures(scene, cache)
+    assert first["torso_flicker"] > 0 and first["train_frames_fit_resolution"] > 0 and len(reads) == 1
+    assert clip_frame_measures(scene, cache) == first and len(reads) == 1  # read back, not measured
+    other = dataclasses.replace(scene, window=dataclasses.replace(scene.window, size=scene.window.size // 2))
+    clip_frame_measures(other, cache)
+    assert len(reads) == 2  # another fit resolution: measured anew, and kept in its place
+    cache.write_text("{not json")
+    assert clip_frame_measures(scene, cache) == first and len(reads) == 3
+    assert clip_frame_measures(scene, cache) == first and len(reads) == 3  # the mended cache is read back
 
 
 def test_shut_val_openings(run_dir):

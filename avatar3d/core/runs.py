@@ -84,6 +84,12 @@ class RunPaths:
     def eval_json(self) -> Path:
         return self.root / "eval.json"
 
+    @property
+    def eval_clip_cache(self) -> Path:
+        """The real clip's measures that ``avatar3d eval`` reads every dataset frame for, kept
+        between evals of the run (:func:`avatar3d.drive.evaluate.clip_frame_measures`)."""
+        return self.root / "eval_clip_cache.json"
+
 
 @dataclass(frozen=True)
 class RunInfo:

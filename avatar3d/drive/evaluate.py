@@ -42,7 +42,9 @@ composites; cross-driven adds how many frames' motion codes left the training ra
 
 Writes ``-o`` (default RUN/eval.json), a PNG of mouth opening over time beside it (same name,
 ``.png``; bilabials and open vowels marked) and a contact sheet of the worst frames for seams and
-ghosts (``NAME_seams.png``), all atomically.
+ghosts (``NAME_seams.png``), all atomically. The real clip's measures that read every dataset
+frame are kept in ``RUN/eval_clip_cache.json`` (:func:`clip_frame_measures`), so the next eval of
+the run, with another audio, skips them.
 """
 from __future__ import annotations
 
@@ -274,20 +276,52 @@ def _num_or_none(v):
     return None if v is None else _num(v)
 
 
-def real_reference(
-    scene: Scene, max_lag: int, opening: np.ndarray, clip_audio: np.ndarray, language: str
-) -> tuple[dict, dict]:
-    """The measures on the real clip with its own audio (sync, articulation: its ceiling), and its
-    torso flicker. opening: [N] :func:`tracked_openings` of the clip; clip_audio: its 16 kHz audio
-    [S]; language: the clip's (phone measures need English)."""
-    from avatar3d.core.scene import WindowCropper, iter_dataset_frames, read_plate
-    from avatar3d.core.vocab import blendshape_index
-    from avatar3d.drive.render import paste
-    from avatar3d.drive.sync import speech_envelope
+CLIP_CACHE_VERSION = 1  # bump when clip_frame_measures measures differently
 
-    env = speech_envelope(clip_audio)
-    lc = speech_sync(opening, env, max_lag)
-    # training frames as the avatar shows them: the head window at the fit resolution, pasted back
+
+def _clip_cache_key(scene: Scene) -> dict:
+    """What :func:`clip_frame_measures` depends on: the dataset's files (manifest content, the
+    size and time of its frames, masks, tracks and plate), the window and the train split."""
+    import dataclasses
+    import hashlib
+
+    paths = DatasetPaths(scene.data_dir)
+    files = {}
+    for p in (paths.frames, paths.masks, paths.tracks, paths.background):
+        st = p.stat() if p.exists() else None
+        files[p.name] = None if st is None else [st.st_size, st.st_mtime_ns]
+    return {
+        "version": CLIP_CACHE_VERSION,
+        "dataset": str(Path(scene.data_dir).resolve()),
+        "manifest_sha256": hashlib.sha256(paths.manifest.read_bytes()).hexdigest(),
+        "files": files,
+        "window": dataclasses.asdict(scene.window),
+        "train_sha256": hashlib.sha256(np.asarray(scene.train, np.int64).tobytes()).hexdigest(),
+        "matched_train_frames": MATCHED_TRAIN_FRAMES,
+    }
+
+
+def clip_frame_measures(scene: Scene, cache: Path | None = None) -> dict:
+    """The real clip's measures that read every dataset frame: its torso flicker, and the training
+    frames' 10th-percentile mouth opening as the tracker reads them at the fit resolution (the
+    head window downsampled to the avatar's size and pasted back, as render shows it). With
+    ``cache`` (a JSON file), a result whose key (:func:`_clip_cache_key`) still matches is read
+    back instead, so evaluating one run on several driving audios reads the clip once; anything
+    else there (missing, another key, unreadable) is measured anew and written atomically."""
+    import json
+
+    from avatar3d.core.scene import WindowCropper, iter_dataset_frames, read_plate
+    from avatar3d.drive.render import paste
+    from avatar3d.fsutil import write_json
+
+    key = _clip_cache_key(scene)
+    if cache is not None and cache.is_file():
+        try:
+            stored = json.loads(cache.read_text())
+            if stored.get("key") == key:
+                return stored["measures"]
+        except (OSError, ValueError, AttributeError, KeyError):
+            pass  # an unreadable cache is measured anew
     sampled = set(np.asarray(scene.train)[:: max(1, len(scene.train) // MATCHED_TRAIN_FRAMES)].tolist())
     crop = WindowCropper(scene.window, read_plate(scene.data_dir, scene.frame_size))  # its image() only
     matched = StreamedOpenings()
@@ -301,17 +335,42 @@ def real_reference(
             image = crop.image(frame)
             window_rgba = torch.cat([image.float() / 255, torch.ones(*image.shape[:2], 1)], -1)
             matched.add(paste(window_rgba, frame, scene.window))
-    train_open = opening[np.asarray(scene.train)]
     matched_open = matched.values()
+    measures = {
+        "torso_flicker": _num(acc[0] / acc[1]) if acc[1] else None,
+        "train_opening_p10_fit_resolution": _nanstat(np.percentile, matched_open, 10),
+        "train_frames_fit_resolution": len(matched_open),
+    }
+    if cache is not None:
+        try:
+            write_json(cache, {"key": key, "measures": measures})
+        except OSError:
+            pass  # a read-only run: measured, not kept
+    return measures
+
+
+def real_reference(
+    scene: Scene, max_lag: int, opening: np.ndarray, clip_audio: np.ndarray, language: str, cache: Path | None = None
+) -> tuple[dict, dict]:
+    """The measures on the real clip with its own audio (sync, articulation: its ceiling), and its
+    torso flicker. opening: [N] :func:`tracked_openings` of the clip; clip_audio: its 16 kHz audio
+    [S]; language: the clip's (phone measures need English); cache: :func:`clip_frame_measures`'s."""
+    from avatar3d.core.vocab import blendshape_index
+    from avatar3d.drive.sync import speech_envelope
+
+    env = speech_envelope(clip_audio)
+    lc = speech_sync(opening, env, max_lag)
+    train_open = opening[np.asarray(scene.train)]
+    frames = clip_frame_measures(scene, cache)
     out = {
         "sync_r": _num(lc.best_r), "sync_lag": lc.best_lag, "sync_r_at_zero": _num(lc.r_at_zero),
-        "torso_flicker": _num(acc[0] / acc[1]) if acc[1] else None,
+        "torso_flicker": frames["torso_flicker"],
         "train_opening_p10": _nanstat(np.percentile, train_open, 10),
         "train_opening_median": _nanstat(np.median, train_open),
         "train_opening_p5": _nanstat(np.percentile, train_open, 5),
         "train_opening_p95": _nanstat(np.percentile, train_open, 95),
-        "train_opening_p10_fit_resolution": _nanstat(np.percentile, matched_open, 10),
-        "train_frames_fit_resolution": len(matched_open),
+        "train_opening_p10_fit_resolution": frames["train_opening_p10_fit_resolution"],
+        "train_frames_fit_resolution": frames["train_frames_fit_resolution"],
     }
     out["articulation"], phones = articulation_of(
         opening, env, scene.motion[:, blendshape_index("jawOpen")].numpy(), clip_audio, language,
@@ -451,7 +510,8 @@ def run_eval(config: EvalConfig) -> dict:
                     "prior": str(prior_path) if prior_path else "shipped"}
     clip_opening = tracked_openings(load_tracks(info.data))  # [N] the real clip's, from its tracks
     clip_audio = load_audio(DatasetPaths(scene.data_dir).audio)  # read once: sync, articulation, self-driven
-    real, real_curves = real_reference(scene, config.max_lag, clip_opening, clip_audio, config.clip_language)
+    real, real_curves = real_reference(scene, config.max_lag, clip_opening, clip_audio, config.clip_language,
+                                        info.paths.eval_clip_cache)
     result["self_driven"], curves = self_driven(
         avatar, scene, window_frames(scene, scene.val), prior, device, real["train_opening_p10"], clip_audio
     )
