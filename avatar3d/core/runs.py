@@ -15,6 +15,8 @@ by render, eval and the viewer::
       metrics.json    val-split PSNR / SSIM / LMD, timings; val.png the val frames
       checkpoint.pt   only while a fit runs (in .RUN.partial)
       eval.json       written by ``avatar3d eval`` (and eval.png beside it)
+      eval_clip_cache.json  the real clip's measures eval reads every dataset frame for, kept
+                      for the run's next eval (remeasured when the dataset or window changes)
 """
 from __future__ import annotations
 
