@@ -187,6 +187,48 @@ def test_a_silent_voice_has_no_spectrum_to_match():
     assert P.voice_spectrum(prior, [silence, speech]).shape == (80,)
 
 
+def test_syllable_contrast_deepens_dips_causally():
+    """Each frame moves k times its distance from the mean of its last CONTRAST_FRAMES frames (rest
+    before the first); fed in pieces it gives the same; gated-shut frames stay at rest."""
+    prior = random_prior()
+    with torch.no_grad():
+        prior.contrast.fill_(1.0)
+    v = np.zeros((12, len(P.SPEECH_CHANNELS)), np.float32)
+    v[:, 0] = [0, 1, 1, 1, 1, 1, 0.2, 1, 1, 1, 1, 0.5]
+    gate = np.ones(12)
+    gate[-1] = 0.0
+    whole = P.SyllableContrast(prior).apply(v, gate)
+    expected = 2 * v[:, 0] - np.convolve(np.r_[np.zeros(P.CONTRAST_FRAMES - 1), v[:, 0]], np.ones(P.CONTRAST_FRAMES) / P.CONTRAST_FRAMES, "valid")
+    expected[-1] = 0.0
+    np.testing.assert_allclose(whole[:, 0], expected, atol=1e-6)
+    assert whole[6, 0] < v[6, 0] - 0.5  # the dip between two syllables goes deeper
+    pieces = P.SyllableContrast(prior)
+    np.testing.assert_allclose(np.concatenate([pieces.apply(v[:5], gate[:5]), pieces.apply(v[5:], gate[5:])]), whole, atol=1e-6)
+    with torch.no_grad():
+        prior.contrast.fill_(0.0)
+    np.testing.assert_array_equal(P.SyllableContrast(prior).apply(v, gate), v)  # off: unchanged
+
+
+def test_syllable_contrast_streams_like_offline_and_keeps_silence_at_rest():
+    prior = voice_matched_prior(speechlike(6.0, seed=3)[0])
+    with torch.no_grad():
+        prior.contrast.fill_(1.0)
+        prior.rest.uniform_(0.1, 0.3)
+    audio, _ = speechlike(4.0, seed=6)
+    audio[AUDIO_RATE : 2 * AUDIO_RATE] = 0.0  # frames 25 ... 49 digital silence
+    offline = P.predict_motion_from_audio(prior, audio)
+    stream = P.PriorStream(prior)
+    online = np.concatenate([stream.push(audio[i : i + 320]) for i in range(0, len(audio), 320)] + [stream.flush()])
+    np.testing.assert_allclose(online, offline, atol=1e-4)
+    # every frame the gate shuts (own and look-ahead audio silent) is exactly rest, right after speech too
+    np.testing.assert_allclose(offline[25:48], np.broadcast_to(prior.rest.numpy(), offline[25:48].shape), atol=1e-6)
+    with torch.no_grad():
+        prior.contrast.fill_(0.0)
+    plain = P.predict_motion_from_audio(prior, audio)
+    spread = lambda m: np.percentile(m[:, P.JAW_OPEN], 95) - np.percentile(m[:, P.JAW_OPEN], 5)  # noqa: E731
+    assert spread(offline) > spread(plain)  # syllables stand out more
+
+
 def test_silence_gate_gives_rest_pose():
     prior = random_prior()
     with torch.no_grad():
@@ -224,11 +266,12 @@ def test_save_load_roundtrip(tmp_path):
     with torch.no_grad():
         prior.voice_mean.uniform_(-0.5, 0.0)
         prior.voice_match.fill_(0.5)
+        prior.contrast.fill_(0.75)
     P.save_prior(prior, tmp_path / "p.pt")
     loaded = P.load_prior(tmp_path / "p.pt")
     feats = np.random.default_rng(3).normal(0, 0.5, (30, 4, 80)).astype(np.float32)
     np.testing.assert_array_equal(P.predict_motion(prior, feats), P.predict_motion(loaded, feats))
-    assert float(loaded.voice_match) == 0.5
+    assert float(loaded.voice_match) == 0.5 and float(loaded.contrast) == 0.75
     assert loaded.train_info == {"note": "x"}
     assert [p.name for p in tmp_path.iterdir()] == ["p.pt"]  # no temp file left behind
 
@@ -302,6 +345,9 @@ def test_finetune_adapts_output_range(trained, synthetic_sets):
     # it keeps the identity's voice, and matches driving voices to it (the generic prior does not)
     np.testing.assert_allclose(tuned.voice_mean.numpy(), P.voice_spectrum(tuned, [clip.features]))
     assert float(tuned.voice_match) == 1.0 and float(trained.voice_match) == 0.0
+    assert float(tuned.contrast) == 0.0  # syllable contrast stays off unless asked
+    sharp = P.finetune_prior(trained, [synthetic_sets[2]], steps=0, device="cpu", contrast=1.0)
+    assert float(sharp.contrast) == 1.0 and sharp.train_info["contrast"] == 1.0
     # the identity's own range: tuned predictions span its jaw range better than the generic ones
     span = lambda p: np.percentile(P.predict_motion(p, clip.features)[:, P.JAW_OPEN], [5, 95])
     true_span = np.percentile(clip.motion[:, P.JAW_OPEN], [5, 95])
@@ -403,6 +449,7 @@ def test_shipped_prior_is_small_and_streams():
         assert len(f.read()) <= 20 * 2**20
     prior = P.load_prior()
     assert float(prior.voice_match) == 0.0  # weights from before voice matching load with it off
+    assert float(prior.contrast) == 0.0  # and from before syllable contrast
     audio = fixed_input()
     stream = P.PriorStream(prior)
     online = np.concatenate([stream.push(audio[i : i + 320]) for i in range(0, len(audio), 320)] + [stream.flush()])

@@ -43,6 +43,17 @@ Voice matching
     unshifted features. ``voice_match`` 0 (the shipped generic prior, weights from before it
     existed) leaves the input as it is.
 
+Syllable contrast
+    Even widened to the identity's spread (:func:`match_articulation`), the prior's mouth on a new
+    voice glides through syllables where the person's shuts between them: a regression in time,
+    not only in amplitude. A prior may therefore carry a ``contrast`` k: each output frame's
+    normalised motion ``v_i`` (the gated net output) becomes ``v_i + k (v_i - box_i)``, where
+    ``box_i`` is the mean of ``v`` over that frame and the ``CONTRAST_FRAMES - 1`` before it (the
+    frames before the audio count as rest, as offline padding does). Dips below the recent mean go
+    deeper (closures), peaks higher (open vowels). It is causal, so it adds no latency and offline
+    and streaming agree (:class:`SyllableContrast`); frames the silence gate shuts stay exactly at
+    rest. ``contrast`` 0 (the default, and weights from before it existed) leaves the output as it is.
+
 Audio/video offsets
     Some source clips carry an audio/video offset (BENCHMARKS.md lists the test clips'). Training measures each clip's offset (:func:`av_offset`, the lag in
     +-``max_offset`` frames maximising the correlation of jawOpen and speech loudness) and trains
@@ -144,8 +155,8 @@ class AudioMotionPrior(nn.Module):
     """Temporal conv net ``[B, T + R - 1, *frame_shape]`` features -> ``[B, T, M]`` normalised motion.
 
     Buffers: ``feat_mean``/``feat_std`` [F] (per mel band, input normalisation), ``rest``/``scale``
-    [M] (output de-normalisation), ``voice_mean`` [F] and ``voice_match`` [] (voice matching);
-    see the module docstring.
+    [M] (output de-normalisation), ``voice_mean`` [F] and ``voice_match`` [] (voice matching),
+    ``contrast`` [] (syllable contrast); see the module docstring.
     """
 
     def __init__(self, config: PriorNetConfig, num_motion: int = len(SPEECH_CHANNELS)):
@@ -162,6 +173,7 @@ class AudioMotionPrior(nn.Module):
         self.register_buffer("scale", torch.ones(num_motion))
         self.register_buffer("voice_mean", torch.zeros(feat_dim))
         self.register_buffer("voice_match", torch.zeros(()))
+        self.register_buffer("contrast", torch.zeros(()))
         self.train_info: dict = {}
         """How the weights were made (datasets, steps, losses, fine-tuning): saved with them."""
         h = config.hidden
@@ -285,6 +297,35 @@ class VoiceMatch:
         return (self.share * (self.target - sums / counts[:, None])).astype(np.float32)
 
 
+CONTRAST_FRAMES = 5
+"""Frames (200 ms, the output frame and the 4 before it) whose mean motion a frame is contrasted
+with (module docstring, syllable contrast)."""
+
+
+class SyllableContrast:
+    """The causal syllable contrast of one output stream: feed its normalised, gated motion frames
+    in order, in one call or many (the result is the same). See the module docstring.
+
+    ``apply(v [k, M], gate [k]) -> [k, M]`` float32; ``v`` unchanged when the prior's contrast is 0.
+    """
+
+    def __init__(self, prior: AudioMotionPrior):
+        self.k = float(prior.contrast)
+        self._recent = np.zeros((CONTRAST_FRAMES - 1, int(prior.rest.shape[0])), np.float64)  # rest before the audio
+
+    def apply(self, v: np.ndarray, gate: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, np.float64)
+        if self.k == 0.0 or len(v) == 0:
+            return v.astype(np.float32)
+        seq = np.concatenate([self._recent, v])  # [CONTRAST_FRAMES - 1 + k, M]
+        csum = np.concatenate([np.zeros((1, v.shape[1])), np.cumsum(seq, axis=0)])
+        box = (csum[CONTRAST_FRAMES:] - csum[:-CONTRAST_FRAMES]) / CONTRAST_FRAMES  # [k, M]
+        self._recent = seq[-(CONTRAST_FRAMES - 1):]
+        out = v + self.k * (v - box)
+        out[np.asarray(gate) <= 0.0] = 0.0  # the gate's silence stays exactly rest
+        return out.astype(np.float32)
+
+
 @torch.no_grad()
 def predict_motion(prior: AudioMotionPrior, audio_features: np.ndarray, normalised: bool = False) -> np.ndarray:
     """Offline inference: ``[N, *frame_shape]`` features -> ``[N, M]`` float32 motion code.
@@ -305,7 +346,11 @@ def predict_motion(prior: AudioMotionPrior, audio_features: np.ndarray, normalis
         shift = np.zeros((x.shape[1], feats.shape[-1]), np.float32)
         shift[r - 1 - la : r - 1 - la + len(feats)] = voice.shift(feats)
         shift = torch.from_numpy(shift).to(device)[None]
-    u = prior(x, shift)[0]  # [N, M]
+    u = prior(x, shift)[0]  # [N, M], gated
+    contrast = SyllableContrast(prior)
+    if contrast.k != 0.0:
+        gate = prior.speech_gate(x)[0].float().cpu().numpy()  # [N]
+        u = torch.from_numpy(contrast.apply(u.float().cpu().numpy(), gate)).to(u.device)
     out = u if normalised else prior.denormalise(u)
     return out.float().cpu().numpy()
 
@@ -350,6 +395,7 @@ class PriorStream:
         self._loud: list[float] = []  # speech loudness of the last lookahead + 1 input frames
         self._silence_db = prior.config.silence_db
         self._voice = VoiceMatch(prior)
+        self._contrast = SyllableContrast(prior)
         self._mel = A.MelStream()
         self.frames_out = 0
         r = prior.receptive_field
@@ -357,8 +403,9 @@ class PriorStream:
         self._feed(_silence_frames(prior, r - 1 - self.lookahead), padding=True)  # the offline silence prefix
         self._warming = False
 
-    def _step(self, frame: np.ndarray, shift: np.ndarray) -> np.ndarray | None:
-        """One input frame ``[4, 80]`` and its voice shift ``[80]`` -> the motion ``[M]`` it completes, if any."""
+    def _step(self, frame: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """One input frame ``[4, 80]`` and its voice shift ``[80]`` -> the normalised, gated motion
+        ``[M]`` of the frame it completes and that frame's gate, if any."""
         from scipy.special import erf
 
         gelu = lambda v: 0.5 * v * (1.0 + erf(v / np.sqrt(2.0)))  # noqa: E731
@@ -378,7 +425,7 @@ class PriorStream:
             x = buf[off] + gelu(y)
         u = self._w_out @ x + self._b_out  # [M]
         gate = np.clip((max(self._loud) - self._silence_db[0]) / (self._silence_db[1] - self._silence_db[0]), 0.0, 1.0)
-        return np.clip(self._rest + self._scale * u * gate, 0.0, 1.0).astype(np.float32)
+        return u * gate, float(gate)
 
     def _feed(self, frames: np.ndarray, padding: bool = False) -> np.ndarray:
         """Input frames ``[k, 4, 80]`` -> the motion ``[j, M]`` they complete; ``padding`` frames
@@ -389,7 +436,8 @@ class PriorStream:
             self.frames_out += len(outs)
         if not outs:
             return np.zeros((0, len(SPEECH_CHANNELS)), np.float32)
-        return np.stack(outs)
+        v = self._contrast.apply(np.stack([u for u, _ in outs]), np.array([g for _, g in outs]))
+        return np.clip(self._rest + self._scale * v, 0.0, 1.0).astype(np.float32)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Feed audio ``[s]`` float32; returns the motion ``[k, M]`` of newly finished frames."""
@@ -449,7 +497,7 @@ def load_prior(path: Path | None = None, device: str | torch.device = "cpu") -> 
     net = {k: tuple(v) if isinstance(v, list) else v for k, v in obj["net"].items()}
     prior = AudioMotionPrior(PriorNetConfig(**net))
     state = dict(obj["state_dict"])
-    for key in ("voice_mean", "voice_match"):  # weights from before voice matching: it stays off
+    for key in ("voice_mean", "voice_match", "contrast"):  # weights from before these: they stay off
         state.setdefault(key, getattr(prior, key))
     prior.load_state_dict(state)
     prior.train_info = json.loads(obj.get("train", "{}"))
@@ -821,6 +869,7 @@ def finetune_prior(
     match_spread: bool = True,
     closure_weight: float = 0.0,
     voice_match: float = 1.0,
+    contrast: float = 0.0,
 ) -> AudioMotionPrior:
     """Adapt a (generic) prior to one identity: returns a new prior, ``prior`` is left unchanged.
 
@@ -831,7 +880,8 @@ def finetune_prior(
     (phones aligned on its English audio, :func:`bilabial_weights`) weigh ``1 + closure_weight``
     in the loss. Only the frames of ``split`` (default the train split; None = all) are used, so
     the validation frames stay unseen. The tuned prior keeps the identity's mean spectrum and
-    moves a driving voice's ``voice_match`` of the way to it (module docstring; 0 = off).
+    moves a driving voice's ``voice_match`` of the way to it, and carries the syllable ``contrast``
+    (module docstring; 0 = off, for both).
     """
     hp = hp or TrainHyper(steps=steps, lr=2e-4)
     if hp.steps != steps:
@@ -860,6 +910,8 @@ def finetune_prior(
             tuned.voice_mean.copy_(torch.from_numpy(own_voice))
     tuned.voice_match.fill_(float(voice_match))
     tuned.train_info["voice_match"] = float(voice_match)
+    tuned.contrast.fill_(float(contrast))
+    tuned.train_info["contrast"] = float(contrast)
     return tuned.eval()
 
 
