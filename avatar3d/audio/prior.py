@@ -46,8 +46,8 @@ Voice matching
 Syllable contrast
     Even widened to the identity's spread (:func:`match_articulation`), the prior's mouth on a new
     voice glides through syllables where the person's shuts between them: a regression in time,
-    not only in amplitude. A prior may therefore carry a ``contrast`` k: each output frame's
-    normalised motion ``v_i`` (the gated net output) becomes ``v_i + k (v_i - box_i)``, where
+    not only in amplitude. A prior may therefore carry a ``contrast`` k [M] (per channel): each
+    output frame's normalised motion ``v_i`` (the gated net output) becomes ``v_i + k (v_i - box_i)``, where
     ``box_i`` is the mean of ``v`` over that frame and the ``CONTRAST_FRAMES - 1`` before it (the
     frames before the audio count as rest, as offline padding does). Dips below the recent mean go
     deeper (closures), peaks higher (open vowels). It is causal, so it adds no latency and offline
@@ -156,7 +156,7 @@ class AudioMotionPrior(nn.Module):
 
     Buffers: ``feat_mean``/``feat_std`` [F] (per mel band, input normalisation), ``rest``/``scale``
     [M] (output de-normalisation), ``voice_mean`` [F] and ``voice_match`` [] (voice matching),
-    ``contrast`` [] (syllable contrast); see the module docstring.
+    ``contrast`` [M] (syllable contrast, per channel); see the module docstring.
     """
 
     def __init__(self, config: PriorNetConfig, num_motion: int = len(SPEECH_CHANNELS)):
@@ -173,7 +173,7 @@ class AudioMotionPrior(nn.Module):
         self.register_buffer("scale", torch.ones(num_motion))
         self.register_buffer("voice_mean", torch.zeros(feat_dim))
         self.register_buffer("voice_match", torch.zeros(()))
-        self.register_buffer("contrast", torch.zeros(()))
+        self.register_buffer("contrast", torch.zeros(num_motion))
         self.train_info: dict = {}
         """How the weights were made (datasets, steps, losses, fine-tuning): saved with them."""
         h = config.hidden
@@ -306,20 +306,24 @@ class SyllableContrast:
     """The causal syllable contrast of one output stream: feed its normalised, gated motion frames
     in order, in one call or many (the result is the same). See the module docstring.
 
-    ``apply(v [k, M], gate [k]) -> [k, M]`` float32; ``v`` unchanged when the prior's contrast is 0.
+    ``apply(v [n, M], gate [n]) -> [n, M]`` float32; ``v`` unchanged when the prior's contrast is 0.
     """
 
     def __init__(self, prior: AudioMotionPrior):
-        self.k = float(prior.contrast)
-        self._recent = np.zeros((CONTRAST_FRAMES - 1, int(prior.rest.shape[0])), np.float64)  # rest before the audio
+        self.k = prior.contrast.detach().double().cpu().numpy()  # [M]
+        self._recent = np.zeros((CONTRAST_FRAMES - 1, len(self.k)), np.float64)  # rest before the audio
+
+    @property
+    def active(self) -> bool:
+        return bool(np.any(self.k != 0.0))
 
     def apply(self, v: np.ndarray, gate: np.ndarray) -> np.ndarray:
         v = np.asarray(v, np.float64)
-        if self.k == 0.0 or len(v) == 0:
+        if not self.active or len(v) == 0:
             return v.astype(np.float32)
-        seq = np.concatenate([self._recent, v])  # [CONTRAST_FRAMES - 1 + k, M]
+        seq = np.concatenate([self._recent, v])  # [CONTRAST_FRAMES - 1 + n, M]
         csum = np.concatenate([np.zeros((1, v.shape[1])), np.cumsum(seq, axis=0)])
-        box = (csum[CONTRAST_FRAMES:] - csum[:-CONTRAST_FRAMES]) / CONTRAST_FRAMES  # [k, M]
+        box = (csum[CONTRAST_FRAMES:] - csum[:-CONTRAST_FRAMES]) / CONTRAST_FRAMES  # [n, M]
         self._recent = seq[-(CONTRAST_FRAMES - 1):]
         out = v + self.k * (v - box)
         out[np.asarray(gate) <= 0.0] = 0.0  # the gate's silence stays exactly rest
@@ -348,7 +352,7 @@ def predict_motion(prior: AudioMotionPrior, audio_features: np.ndarray, normalis
         shift = torch.from_numpy(shift).to(device)[None]
     u = prior(x, shift)[0]  # [N, M], gated
     contrast = SyllableContrast(prior)
-    if contrast.k != 0.0:
+    if contrast.active:
         gate = prior.speech_gate(x)[0].float().cpu().numpy()  # [N]
         u = torch.from_numpy(contrast.apply(u.float().cpu().numpy(), gate)).to(u.device)
     out = u if normalised else prior.denormalise(u)
