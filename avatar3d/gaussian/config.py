@@ -117,10 +117,11 @@ class FitParams:
     """Share of the way a driving voice's mean spectrum is moved to this identity's own before the
     fine-tuned prior reads it (a running mean, the same live and offline); 0 = off. It opened the
     vowels a radio voice had pressed shut (BENCHMARKS.md, articulation, lever 4)."""
-    prior_contrast: float = 0.0
+    prior_contrast: float = 1.0
     """Syllable contrast of the fine-tuned prior: each frame's motion moves this many times its
     distance from the mean of the last 200 ms (causal: no latency; silence stays at rest); 0 = off.
-    Deeper closures between syllables (BENCHMARKS.md, articulation, lever 5)."""
+    More closures between syllables on new voices, a little more open vowels (BENCHMARKS.md,
+    articulation, lever 5)."""
     seed: int = 0
     """Seed of this fit's random generator (frame order, initialisation, splits)."""
     backend: Backend = "auto"
