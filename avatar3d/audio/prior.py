@@ -52,7 +52,8 @@ Syllable contrast
     frames before the audio count as rest, as offline padding does). Dips below the recent mean go
     deeper (closures), peaks higher (open vowels). It is causal, so it adds no latency and offline
     and streaming agree (:class:`SyllableContrast`); frames the silence gate shuts stay exactly at
-    rest. ``contrast`` 0 (the default, and weights from before it existed) leaves the output as it is.
+    rest. ``contrast`` 0 (the shipped generic prior, weights from before it existed) leaves the
+    output as it is; fit's fine-tuning sets it (``FitParams.prior_contrast``, 1 by default).
 
 Audio/video offsets
     Some source clips carry an audio/video offset (BENCHMARKS.md lists the test clips'). Training measures each clip's offset (:func:`av_offset`, the lag in
