@@ -205,6 +205,10 @@ class AudioMotionPrior(nn.Module):
 
         ``voice_shift`` [B, T + R - 1, F] is added to every window of a frame before the net (the
         silence gate reads ``feats`` as they are); None = no shift (training, fine-tuning)."""
+        return self.gated(feats, voice_shift)[0]
+
+    def gated(self, feats: torch.Tensor, voice_shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` and the silence gate it applied: ([B, T, M], [B, T])."""
         b, t = feats.shape[:2]
         x = feats if voice_shift is None else feats + voice_shift.reshape(b, t, *([1] * (feats.dim() - 3)), -1)
         x = (x - self.feat_mean) / self.feat_std  # [B, T', ..., F]
@@ -215,7 +219,8 @@ class AudioMotionPrior(nn.Module):
             y = norm(y.transpose(1, 2)).transpose(1, 2)  # over channels, frame by frame
             x = x[:, :, off : off + y.shape[-1]] + F.gelu(y)
         u = self.out(x).transpose(1, 2)  # [B, T, M]
-        return u * self.speech_gate(feats)[..., None]
+        gate = self.speech_gate(feats)
+        return u * gate[..., None], gate
 
     def speech_gate(self, feats: torch.Tensor) -> torch.Tensor:
         """``[B, T + R - 1, 4, 80]`` features -> ``[B, T]`` silence gate in [0, 1] (0 = silent)."""
@@ -351,11 +356,10 @@ def predict_motion(prior: AudioMotionPrior, audio_features: np.ndarray, normalis
         shift = np.zeros((x.shape[1], feats.shape[-1]), np.float32)
         shift[r - 1 - la : r - 1 - la + len(feats)] = voice.shift(feats)
         shift = torch.from_numpy(shift).to(device)[None]
-    u = prior(x, shift)[0]  # [N, M], gated
+    u, gate = (y[0] for y in prior.gated(x, shift))  # [N, M] (gated), [N]
     contrast = SyllableContrast(prior)
     if contrast.active:
-        gate = prior.speech_gate(x)[0].float().cpu().numpy()  # [N]
-        u = torch.from_numpy(contrast.apply(u.float().cpu().numpy(), gate)).to(u.device)
+        u = torch.from_numpy(contrast.apply(u.float().cpu().numpy(), gate.float().cpu().numpy())).to(u.device)
     out = u if normalised else prior.denormalise(u)
     return out.float().cpu().numpy()
 
