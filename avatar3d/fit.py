@@ -145,10 +145,11 @@ def write_val_png(path: Path, data, preds: list[torch.Tensor], rows: int = 4) ->
 
 
 def finetune_identity_prior(data_dir: Path, out: Path, steps: int, device, closure_weight: float = 0.0,
-                            voice_match: float = 1.0, contrast: float = 0.0) -> str:
+                            voice_match: float = 1.0, contrast: float = 0.0, contrast_away: float = 0.0) -> str:
     """Fine-tune the shipped audio-to-motion prior on the dataset's train split (widened to the
     identity's articulation; its /p b m/ frames weighted by ``closure_weight`` when > 0; matching
-    driving voices to the identity's by ``voice_match``; syllable contrast ``contrast``) and save
+    driving voices to the identity's by ``voice_match``; syllable contrast ``contrast`` toward rest,
+    ``contrast_away`` away from it) and save
     it to ``out`` (RUN/prior.pt). Returns a one-word description for metrics.json. Skipped (the generic
     prior is used) when ``steps`` is 0 or the dataset has no features for the prior's encoder."""
     from avatar3d.audio.prior import finetune_prior, load_prior, save_prior
@@ -160,7 +161,7 @@ def finetune_identity_prior(data_dir: Path, out: Path, steps: int, device, closu
     if not DatasetPaths(Path(data_dir)).features(prior.config.encoder).is_file():
         return "generic"
     tuned = finetune_prior(prior, [Path(data_dir)], steps=steps, device=device, closure_weight=closure_weight,
-                           voice_match=voice_match, contrast=contrast)
+                           voice_match=voice_match, contrast=contrast, contrast_away=contrast_away)
     save_prior(tuned.cpu(), out)
     return "finetuned"
 
@@ -337,7 +338,7 @@ def run_fit(config: FitConfig, on_step: Callable[[int], None] | None = None) -> 
     trainer.save_avatar(paths)
     prior_info = finetune_identity_prior(config.data, paths.prior, params.prior_finetune_steps, device,
                                          params.prior_closure_weight, params.prior_voice_match,
-                                         params.prior_contrast)
+                                         params.prior_contrast, params.prior_contrast_away)
     t1 = time.time()
     metrics, preds = val_metrics(trainer.avatar, data, data.frame, device)
     metrics["val_png_frames"] = write_val_png(paths.val_png, data, preds)

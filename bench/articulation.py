@@ -65,6 +65,7 @@ def summarise(path: Path) -> dict:
         "field": config.get("fit", {}).get("field", "gaussian"),
         "voice_match": None if prior is None else float(prior.voice_match),
         "contrast": None if prior is None else float(prior.contrast.max()),
+        "contrast_away": None if prior is None else float(prior.contrast_away.max()),
         "wav": Path(c["audio"]).name,
         "opening_spread_vs_real": a.get("opening_spread_vs_real"),
         "jaw_spread_vs_real": a.get("jaw_spread_vs_real"),
@@ -93,14 +94,14 @@ def markdown(rows: list[dict]) -> str:
     f = lambda v, k=2: "n/a" if v is None else f"{v:.{k}f}"  # noqa: E731
     mark = lambda ok: "" if ok is None else (" ✓" if ok else " ✗")  # noqa: E731
     lines = [
-        "| avatar | preset | voice match / contrast | wav | opening spread vs real | jawOpen spread vs real | bilabial closure "
+        "| avatar | preset | voice match / contrast (toward, away from rest) | wav | opening spread vs real | jawOpen spread vs real | bilabial closure "
         "(segments; real) | open-vowel opening (real) | silent opening (bound) | cross sync r | self-driven r / spread |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t = r["targets"]
         lines.append(
-            f"| {r['avatar']} | {r['preset']} | {f(r['voice_match'], 1)} / {f(r.get('contrast'), 1)} | {r['wav']} | "
+            f"| {r['avatar']} | {r['preset']} | {f(r['voice_match'], 1)} / {f(r.get('contrast'), 1)}, {f(r.get('contrast_away'), 1)} | {r['wav']} | "
             f"{f(r['opening_spread_vs_real'])}{mark(t['spread'])} | {f(r['jaw_spread_vs_real'])} | "
             f"{f(r['bilabial_closure_rate'])} ({r['bilabial_segments']}; {f(r['real_bilabial_closure_rate'])}){mark(t['closure'])} | "
             f"{f(r['open_vowel_opening'])} ({f(r['real_open_vowel_opening'])}){mark(t['open_vowels'])} | "

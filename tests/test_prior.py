@@ -193,6 +193,7 @@ def test_syllable_contrast_deepens_dips_causally():
     prior = random_prior()
     with torch.no_grad():
         prior.contrast.fill_(1.0)
+        prior.contrast_away.fill_(1.0)
     v = np.zeros((12, len(P.SPEECH_CHANNELS)), np.float32)
     v[:, 0] = [0, 1, 1, 1, 1, 1, 0.2, 1, 1, 1, 1, 0.5]
     gate = np.ones(12)
@@ -205,6 +206,13 @@ def test_syllable_contrast_deepens_dips_causally():
     pieces = P.SyllableContrast(prior)
     np.testing.assert_allclose(np.concatenate([pieces.apply(v[:5], gate[:5]), pieces.apply(v[5:], gate[5:])]), whole, atol=1e-6)
     with torch.no_grad():
+        prior.contrast_away.fill_(0.0)  # one-sided: only the moves toward rest (0) are contrasted
+    one_sided = P.SyllableContrast(prior).apply(v, gate)
+    toward = (expected - v[:, 0]) * v[:, 0] <= 0  # the moves toward rest (a dip may cross it)
+    np.testing.assert_allclose(one_sided[toward, 0], expected[toward], atol=1e-6)
+    np.testing.assert_allclose(one_sided[~toward, 0], np.where(gate > 0, v[:, 0], 0.0)[~toward], atol=1e-6)
+    assert one_sided[6, 0] == pytest.approx(whole[6, 0]) and one_sided[1, 0] == pytest.approx(1.0)  # dip deeper, peak kept
+    with torch.no_grad():
         prior.contrast.fill_(0.0)
     np.testing.assert_array_equal(P.SyllableContrast(prior).apply(v, gate), v)  # off: unchanged
 
@@ -213,6 +221,7 @@ def test_syllable_contrast_streams_like_offline_and_keeps_silence_at_rest():
     prior = voice_matched_prior(speechlike(6.0, seed=3)[0])
     with torch.no_grad():
         prior.contrast.fill_(1.0)
+        prior.contrast_away.fill_(0.5)
         prior.rest.uniform_(0.1, 0.3)
     audio, _ = speechlike(4.0, seed=6)
     audio[AUDIO_RATE : 2 * AUDIO_RATE] = 0.0  # frames 25 ... 49 digital silence
@@ -224,6 +233,7 @@ def test_syllable_contrast_streams_like_offline_and_keeps_silence_at_rest():
     np.testing.assert_allclose(offline[25:48], np.broadcast_to(prior.rest.numpy(), offline[25:48].shape), atol=1e-6)
     with torch.no_grad():
         prior.contrast.fill_(0.0)
+        prior.contrast_away.fill_(0.0)
     plain = P.predict_motion_from_audio(prior, audio)
     spread = lambda m: np.percentile(m[:, P.JAW_OPEN], 95) - np.percentile(m[:, P.JAW_OPEN], 5)  # noqa: E731
     assert spread(offline) > spread(plain)  # syllables stand out more
@@ -267,13 +277,20 @@ def test_save_load_roundtrip(tmp_path):
         prior.voice_mean.uniform_(-0.5, 0.0)
         prior.voice_match.fill_(0.5)
         prior.contrast.fill_(0.75)
+        prior.contrast_away.fill_(0.25)
     P.save_prior(prior, tmp_path / "p.pt")
     loaded = P.load_prior(tmp_path / "p.pt")
     feats = np.random.default_rng(3).normal(0, 0.5, (30, 4, 80)).astype(np.float32)
     np.testing.assert_array_equal(P.predict_motion(prior, feats), P.predict_motion(loaded, feats))
     assert float(loaded.voice_match) == 0.5 and np.all(loaded.contrast.numpy() == 0.75)
+    assert np.all(loaded.contrast_away.numpy() == 0.25)
     assert loaded.train_info == {"note": "x"}
     assert [p.name for p in tmp_path.iterdir()] == ["p.pt"]  # no temp file left behind
+    # weights from before the two sides of the contrast computed one contrast both ways
+    old = torch.load(tmp_path / "p.pt", weights_only=True)
+    del old["state_dict"]["contrast_away"]
+    torch.save(old, tmp_path / "old.pt")
+    assert np.all(P.load_prior(tmp_path / "old.pt").contrast_away.numpy() == 0.75)
 
 
 def test_speaker_stats():
@@ -288,6 +305,16 @@ def test_speaker_stats():
     np.testing.assert_allclose(scale[2], motion[:, 2].std(), rtol=1e-5)
     with pytest.raises(UserError, match="too few tracked frames"):
         P.speaker_stats(motion, np.zeros(200, bool))
+    # with the lips' gap measured, rest is where the lips are shut, not where the jaw is lowest
+    opening = np.full(200, 0.05)
+    opening[:20] = 0.02  # jaw closed, lips apart
+    opening[100:110] = 0.001  # lips pressed shut, jaw a little open
+    opening[150] = np.nan  # a frame the tracker lost
+    motion[100:110, 1] = 0.3
+    rest, _ = P.speaker_stats(motion, valid, opening)
+    assert rest[1] == pytest.approx(0.3) and rest[P.JAW_OPEN] > 0.0
+    rest, _ = P.speaker_stats(motion, valid, np.full(200, np.nan))  # nothing measured: by jawOpen
+    assert rest[P.JAW_OPEN] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -346,8 +373,9 @@ def test_finetune_adapts_output_range(trained, synthetic_sets):
     np.testing.assert_allclose(tuned.voice_mean.numpy(), P.voice_spectrum(tuned, [clip.features]))
     assert float(tuned.voice_match) == 1.0 and float(trained.voice_match) == 0.0
     assert not tuned.contrast.any()  # syllable contrast stays off unless asked
-    sharp = P.finetune_prior(trained, [synthetic_sets[2]], steps=0, device="cpu", contrast=1.0)
+    sharp = P.finetune_prior(trained, [synthetic_sets[2]], steps=0, device="cpu", contrast=1.0, contrast_away=0.5)
     assert np.all(sharp.contrast.numpy() == 1.0) and sharp.train_info["contrast"] == 1.0
+    assert np.all(sharp.contrast_away.numpy() == 0.5) and sharp.train_info["contrast_away"] == 0.5
     # the identity's own range: tuned predictions span its jaw range better than the generic ones
     span = lambda p: np.percentile(P.predict_motion(p, clip.features)[:, P.JAW_OPEN], [5, 95])
     true_span = np.percentile(clip.motion[:, P.JAW_OPEN], [5, 95])
@@ -449,7 +477,7 @@ def test_shipped_prior_is_small_and_streams():
         assert len(f.read()) <= 20 * 2**20
     prior = P.load_prior()
     assert float(prior.voice_match) == 0.0  # weights from before voice matching load with it off
-    assert not prior.contrast.any()  # and from before syllable contrast
+    assert not prior.contrast.any() and not prior.contrast_away.any()  # and from before syllable contrast
     audio = fixed_input()
     stream = P.PriorStream(prior)
     online = np.concatenate([stream.push(audio[i : i + 320]) for i in range(0, len(audio), 320)] + [stream.flush()])

@@ -175,7 +175,8 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
 
     run_prior = load_prior(run_dir / "prior.pt")
     assert float(run_prior.voice_match) == 1.0  # matching driving voices to its own
-    assert np.all(run_prior.contrast.numpy() == 1.0)  # and syllable contrast on
+    assert np.all(run_prior.contrast.numpy() == 1.0)  # and syllable contrast on, toward rest only
+    assert not run_prior.contrast_away.any()
     # the silence bound re-measured on training frames shown at the avatar's resolution
     assert real["train_frames_fit_resolution"] > 0 and real["train_opening_p10_fit_resolution"] is not None
     assert (run_dir / "eval_clip_cache.json").is_file()  # kept for the run's next eval

@@ -23,7 +23,9 @@ Per-speaker normalisation
     People open their mouths differently and the tracker's blendshape ranges differ per identity,
     so the net is trained on per-speaker normalised targets ``u = (y - rest_s) / scale_s``:
     ``rest_s`` [M] is the speaker's closed-mouth pose (per-channel median over the frames whose
-    jawOpen is in that speaker's lowest ``REST_PERCENTILE`` %), ``scale_s`` [M] the per-channel standard deviation
+    mouth opening, the inner-lip gap the tracker's landmarks give, is in that speaker's lowest
+    ``REST_PERCENTILE`` %; jawOpen's lowest where a dataset has no landmarks), ``scale_s`` [M] the
+    per-channel standard deviation
     (floored at ``MIN_SCALE``). Outputs are mapped back with a ``rest``/``scale`` pair stored in
     the weights: for the shipped generic prior the pooled closed-mouth pose of all training
     frames and the mean scale (:func:`generic_output_stats`); the identity's own after
@@ -46,14 +48,18 @@ Voice matching
 Syllable contrast
     Even widened to the identity's spread (:func:`match_articulation`), the prior's mouth on a new
     voice glides through syllables where the person's shuts between them: a regression in time,
-    not only in amplitude. A prior may therefore carry a ``contrast`` k [M] (per channel): each
+    not only in amplitude. A prior may therefore carry a syllable contrast, per channel: each
     output frame's normalised motion ``v_i`` (the gated net output) becomes ``v_i + k (v_i - box_i)``, where
     ``box_i`` is the mean of ``v`` over that frame and the ``CONTRAST_FRAMES - 1`` before it (the
-    frames before the audio count as rest, as offline padding does). Dips below the recent mean go
-    deeper (closures), peaks higher (open vowels). It is causal, so it adds no latency and offline
-    and streaming agree (:class:`SyllableContrast`); frames the silence gate shuts stay exactly at
-    rest. ``contrast`` 0 (the shipped generic prior, weights from before it existed) leaves the
-    output as it is; fit's fine-tuning sets it (``FitParams.prior_contrast``, 1 by default).
+    frames before the audio count as rest, as offline padding does). ``k`` is ``contrast`` [M] where
+    the move goes toward rest (``v = 0``: the dips between syllables go deeper, closures) and
+    ``contrast_away`` [M] where it goes away from rest (the peaks: open vowels go higher). It is
+    causal, so it adds no latency and offline and streaming agree (:class:`SyllableContrast`);
+    frames the silence gate shuts stay exactly at rest. Both 0 (the shipped generic prior, weights
+    from before it existed) leave the output as it is; weights from before ``contrast_away`` existed
+    load with it equal to ``contrast`` (as they computed). Fit's fine-tuning sets them
+    (``FitParams.prior_contrast`` 1 and ``prior_contrast_away`` 0 by default: deeper dips, peaks as
+    they are).
 
 Audio/video offsets
     Some source clips carry an audio/video offset (BENCHMARKS.md lists the test clips'). Training measures each clip's offset (:func:`av_offset`, the lag in
@@ -93,7 +99,7 @@ from avatar3d.core.dataset import FPS, DatasetPaths, load_tracks, read_manifest
 from avatar3d.core.vocab import BLENDSHAPE_NAMES, SPEECH_CHANNELS, SPEECH_INDEX
 from avatar3d.errors import UserError
 from avatar3d.fsutil import atomic_file
-from avatar3d.drive.sync import pearson
+from avatar3d.drive.sync import mouth_opening, pearson
 
 FORMAT = "avatar3d-prior"
 FORMAT_VERSION = 1
@@ -101,8 +107,9 @@ MIN_SCALE = 0.01
 
 JAW_OPEN = SPEECH_CHANNELS.index("jawOpen")
 # A speaker's rest pose (what silence gives) is the median of their most-closed frames: the lowest
-# 2 % by jawOpen. The lowest 10 % mixes in half-open pauses, and silence rendered half open
-# (BENCHMARKS.md, audio-to-motion prior).
+# 2 % by the lips' gap. The lowest 10 % mixes in half-open pauses, and silence rendered half open;
+# the lowest by jawOpen alone left some speakers' lips apart in silence (BENCHMARKS.md,
+# audio-to-motion prior; articulation, silence).
 REST_PERCENTILE = 2.0
 
 
@@ -157,7 +164,8 @@ class AudioMotionPrior(nn.Module):
 
     Buffers: ``feat_mean``/``feat_std`` [F] (per mel band, input normalisation), ``rest``/``scale``
     [M] (output de-normalisation), ``voice_mean`` [F] and ``voice_match`` [] (voice matching),
-    ``contrast`` [M] (syllable contrast, per channel); see the module docstring.
+    ``contrast``/``contrast_away`` [M] (syllable contrast toward / away from rest, per channel); see
+    the module docstring.
     """
 
     def __init__(self, config: PriorNetConfig, num_motion: int = len(SPEECH_CHANNELS)):
@@ -175,6 +183,7 @@ class AudioMotionPrior(nn.Module):
         self.register_buffer("voice_mean", torch.zeros(feat_dim))
         self.register_buffer("voice_match", torch.zeros(()))
         self.register_buffer("contrast", torch.zeros(num_motion))
+        self.register_buffer("contrast_away", torch.zeros(num_motion))
         self.train_info: dict = {}
         """How the weights were made (datasets, steps, losses, fine-tuning): saved with them."""
         h = config.hidden
@@ -312,16 +321,18 @@ class SyllableContrast:
     """The causal syllable contrast of one output stream: feed its normalised, gated motion frames
     in order, in one call or many (the result is the same). See the module docstring.
 
-    ``apply(v [n, M], gate [n]) -> [n, M]`` float32; ``v`` unchanged when the prior's contrast is 0.
+    ``apply(v [n, M], gate [n]) -> [n, M]`` float32; ``v`` unchanged when the prior's contrast is 0
+    both ways.
     """
 
     def __init__(self, prior: AudioMotionPrior):
-        self.k = prior.contrast.detach().double().cpu().numpy()  # [M]
-        self._recent = np.zeros((CONTRAST_FRAMES - 1, len(self.k)), np.float64)  # rest before the audio
+        self.k_toward = prior.contrast.detach().double().cpu().numpy()  # [M]: moves toward rest
+        self.k_away = prior.contrast_away.detach().double().cpu().numpy()  # [M]: moves away from it
+        self._recent = np.zeros((CONTRAST_FRAMES - 1, len(self.k_toward)), np.float64)  # rest before the audio
 
     @property
     def active(self) -> bool:
-        return bool(np.any(self.k != 0.0))
+        return bool(np.any(self.k_toward != 0.0) or np.any(self.k_away != 0.0))
 
     def apply(self, v: np.ndarray, gate: np.ndarray) -> np.ndarray:
         v = np.asarray(v, np.float64)
@@ -331,7 +342,9 @@ class SyllableContrast:
         csum = np.concatenate([np.zeros((1, v.shape[1])), np.cumsum(seq, axis=0)])
         box = (csum[CONTRAST_FRAMES:] - csum[:-CONTRAST_FRAMES]) / CONTRAST_FRAMES  # [n, M]
         self._recent = seq[-(CONTRAST_FRAMES - 1):]
-        out = v + self.k * (v - box)
+        delta = v - box
+        away = delta * v > 0  # the move goes the way v already lies from rest (0)
+        out = v + np.where(away, self.k_away, self.k_toward) * delta
         out[np.asarray(gate) <= 0.0] = 0.0  # the gate's silence stays exactly rest
         return out.astype(np.float32)
 
@@ -508,6 +521,7 @@ def load_prior(path: Path | None = None, device: str | torch.device = "cpu") -> 
     state = dict(obj["state_dict"])
     for key in ("voice_mean", "voice_match", "contrast"):  # weights from before these: they stay off
         state.setdefault(key, getattr(prior, key))
+    state.setdefault("contrast_away", state["contrast"])  # before the two sides: one contrast both ways
     prior.load_state_dict(state)
     prior.train_info = json.loads(obj.get("train", "{}"))
     return prior.to(device).eval()
@@ -587,13 +601,19 @@ def av_offset(features: np.ndarray, jaw: np.ndarray, valid: np.ndarray, max_lag:
     return best
 
 
-def speaker_stats(motion: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rest pose and scale ``([M], [M])`` of one speaker from ``[N, M]`` motion and ``[N]`` valid."""
+def speaker_stats(motion: np.ndarray, valid: np.ndarray, opening: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rest pose and scale ``([M], [M])`` of one speaker from ``[N, M]`` motion and ``[N]`` valid.
+
+    The rest frames are the valid frames with the lowest ``REST_PERCENTILE`` % of ``opening`` [N]
+    (the lips' gap, :func:`avatar3d.drive.sync.mouth_opening`; NaN where not measured), or of
+    jawOpen when ``opening`` is None or measured on fewer than 10 of them."""
     m = motion[valid]
     if len(m) < 10:
         raise UserError(f"too few tracked frames ({len(m)}) to train the prior on")
-    jaw = m[:, JAW_OPEN]
-    closed = jaw <= np.percentile(jaw, REST_PERCENTILE)
+    shut_by = m[:, JAW_OPEN]
+    if opening is not None and np.isfinite(opening[valid]).sum() >= 10:
+        shut_by = np.where(np.isfinite(opening[valid]), opening[valid], np.inf)
+    closed = shut_by <= np.percentile(shut_by[np.isfinite(shut_by)], REST_PERCENTILE)
     rest = np.median(m[closed], axis=0)
     scale = np.maximum(m.std(axis=0), MIN_SCALE)
     return rest.astype(np.float32), scale.astype(np.float32)
@@ -636,7 +656,8 @@ def load_clip(root: Path, encoder: str = "mel", max_offset: int = 0, split: str 
         in_split = np.zeros(n, bool)
         in_split[manifest.frame_indices(split)] = True
         valid = valid & in_split
-    rest, scale = speaker_stats(motion, valid)
+    opening = mouth_opening(tracks["landmarks"]) if "landmarks" in tracks else None
+    rest, scale = speaker_stats(motion, valid, opening)
     offset = 0
     if max_offset > 0 and encoder == "mel":
         offset, _ = av_offset(feats, motion[:, JAW_OPEN], valid, max_offset)
@@ -879,6 +900,7 @@ def finetune_prior(
     closure_weight: float = 0.0,
     voice_match: float = 1.0,
     contrast: float = 0.0,
+    contrast_away: float = 0.0,
 ) -> AudioMotionPrior:
     """Adapt a (generic) prior to one identity: returns a new prior, ``prior`` is left unchanged.
 
@@ -889,8 +911,8 @@ def finetune_prior(
     (phones aligned on its English audio, :func:`bilabial_weights`) weigh ``1 + closure_weight``
     in the loss. Only the frames of ``split`` (default the train split; None = all) are used, so
     the validation frames stay unseen. The tuned prior keeps the identity's mean spectrum and
-    moves a driving voice's ``voice_match`` of the way to it, and carries the syllable ``contrast``
-    (module docstring; 0 = off, for both).
+    moves a driving voice's ``voice_match`` of the way to it, and carries the syllable contrast
+    ``contrast`` toward rest and ``contrast_away`` away from it (module docstring; 0 = off, for all).
     """
     hp = hp or TrainHyper(steps=steps, lr=2e-4)
     if hp.steps != steps:
@@ -920,7 +942,9 @@ def finetune_prior(
     tuned.voice_match.fill_(float(voice_match))
     tuned.train_info["voice_match"] = float(voice_match)
     tuned.contrast.fill_(float(contrast))
+    tuned.contrast_away.fill_(float(contrast_away))
     tuned.train_info["contrast"] = float(contrast)
+    tuned.train_info["contrast_away"] = float(contrast_away)
     return tuned.eval()
 
 

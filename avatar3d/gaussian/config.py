@@ -118,10 +118,13 @@ class FitParams:
     fine-tuned prior reads it (a running mean, the same live and offline); 0 = off. It opened the
     vowels a radio voice had pressed shut (BENCHMARKS.md, articulation, lever 4)."""
     prior_contrast: float = 1.0
-    """Syllable contrast of the fine-tuned prior: each frame's motion moves this many times its
-    distance from the mean of the last 200 ms (causal: no latency; silence stays at rest); 0 = off.
-    More closures between syllables on new voices, a little more open vowels (BENCHMARKS.md,
-    articulation, lever 5)."""
+    """Syllable contrast of the fine-tuned prior toward rest: a frame moving toward the rest pose
+    moves this many times its distance from the mean of the last 200 ms (causal: no latency;
+    silence stays at rest); 0 = off. More closures between syllables on new voices (BENCHMARKS.md,
+    articulation, levers 5 and 6)."""
+    prior_contrast_away: float = 0.0
+    """The same contrast for frames moving away from rest (the peaks: open vowels); 0 = off. At 1
+    (lever 5) the open vowels overshot the person's and the mouth jittered more, for no closures."""
     seed: int = 0
     """Seed of this fit's random generator (frame order, initialisation, splits)."""
     backend: Backend = "auto"
