@@ -124,7 +124,8 @@ class FitParams:
     articulation, levers 5 and 6)."""
     prior_contrast_away: float = 0.0
     """The same contrast for frames moving away from rest (the peaks: open vowels); 0 = off. At 1
-    (lever 5) the open vowels overshot the person's and the mouth jittered more, for no closures."""
+    (lever 5) the open vowels overshot the person's and the jaw jittered more, for no more closures
+    (BENCHMARKS.md, articulation, lever 6)."""
     seed: int = 0
     """Seed of this fit's random generator (frame order, initialisation, splits)."""
     backend: Backend = "auto"
