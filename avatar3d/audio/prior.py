@@ -611,8 +611,9 @@ def speaker_stats(motion: np.ndarray, valid: np.ndarray, opening: np.ndarray | N
     if len(m) < 10:
         raise UserError(f"too few tracked frames ({len(m)}) to train the prior on")
     shut_by = m[:, JAW_OPEN]
-    if opening is not None and np.isfinite(opening[valid]).sum() >= 10:
-        shut_by = np.where(np.isfinite(opening[valid]), opening[valid], np.inf)
+    gap = None if opening is None else np.asarray(opening)[valid]
+    if gap is not None and np.isfinite(gap).sum() >= 10:
+        shut_by = np.where(np.isfinite(gap), gap, np.inf)  # a frame without a gap is never a rest frame
     closed = shut_by <= np.percentile(shut_by[np.isfinite(shut_by)], REST_PERCENTILE)
     rest = np.median(m[closed], axis=0)
     scale = np.maximum(m.std(axis=0), MIN_SCALE)
