@@ -8,7 +8,9 @@ voice matching and syllable contrast) and pass/fail per target:
 - cross-driven: opening spread >= 0.8x the real clip's; bilabial closure rate >= 0.9x the real
   clip's; open-vowel opening within 20 % of the real clip's (English phones on both sides, else
   n/a); silence shut (settled silent frames' median opening at or under the training p10 at the
-  fit resolution, on wavs with silence);
+  fit resolution, on wavs with silence). Beside the bound, for reading it: what the field draws
+  for the val frames whose real mouth is shut, given their tracked codes (its shut mouth at this
+  resolution; the prior cannot shut the mouth further than the field draws it);
 - self-driven val: audio-driven opening r >= 0.6 and spread >= 0.8x.
 
     python bench/articulation.py E1.json E2.json ... --out bench/results/articulation.json
@@ -76,6 +78,7 @@ def summarise(path: Path) -> dict:
         "real_open_vowel_opening": ra.get("open_vowel_opening"),
         "silent_settled_opening_median": silent,
         "silent_bound": bound,
+        "field_shut_opening": s.get("shut_opening_tracked_motion"),
         "cross_sync_r": c.get("sync_r"),
         "self_opening_r_audio_driven": s.get("mouth_opening_r_audio_driven"),
         "self_opening_spread_ratio_audio_driven": s.get("opening_spread_ratio_audio_driven"),
@@ -95,7 +98,7 @@ def markdown(rows: list[dict]) -> str:
     mark = lambda ok: "" if ok is None else (" ✓" if ok else " ✗")  # noqa: E731
     lines = [
         "| avatar | preset | voice match / contrast (toward, away from rest) | wav | opening spread vs real | jawOpen spread vs real | bilabial closure "
-        "(segments; real) | open-vowel opening (real) | silent opening (bound) | cross sync r | self-driven r / spread |",
+        "(segments; real) | open-vowel opening (real) | silent opening (bound; field's shut frames) | cross sync r | self-driven r / spread |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -105,7 +108,7 @@ def markdown(rows: list[dict]) -> str:
             f"{f(r['opening_spread_vs_real'])}{mark(t['spread'])} | {f(r['jaw_spread_vs_real'])} | "
             f"{f(r['bilabial_closure_rate'])} ({r['bilabial_segments']}; {f(r['real_bilabial_closure_rate'])}){mark(t['closure'])} | "
             f"{f(r['open_vowel_opening'])} ({f(r['real_open_vowel_opening'])}){mark(t['open_vowels'])} | "
-            f"{f(r['silent_settled_opening_median'], 4)} ({f(r['silent_bound'], 4)}){mark(t['silence'])} | "
+            f"{f(r['silent_settled_opening_median'], 4)} ({f(r['silent_bound'], 4)}; {f(r.get('field_shut_opening'), 4)}){mark(t['silence'])} | "
             f"{f(r['cross_sync_r'])} | {f(r['self_opening_r_audio_driven'])}{mark(t['self_r'])} / "
             f"{f(r['self_opening_spread_ratio_audio_driven'])}{mark(t['self_spread'])} |"
         )
