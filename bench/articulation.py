@@ -57,7 +57,8 @@ def summarise(path: Path) -> dict:
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     prior = load_prior(Path(d["prior"])) if d.get("prior") else None
     s, c, real = d["self_driven"], d["cross_driven"], d["real_clip"]
-    a, ra = c["articulation"], real["articulation"]
+    # the real clip read as the avatar is (at the fit resolution); evals from before it: as tracked
+    a, ra = c["articulation"], real.get("articulation_fit_resolution", real["articulation"])
     closure_vs_real, vowel_vs_real = a.get("bilabial_closure_rate_vs_real"), a.get("open_vowel_opening_vs_real")
     silent, bound = c.get("silent_settled_opening_median"), real.get("train_opening_p10_fit_resolution")
     return {

@@ -179,6 +179,13 @@ def test_eval_writes_metrics_and_plot(run_dir, tmp_path, capsys):
     assert not run_prior.contrast_away.any()
     # the silence bound re-measured on training frames shown at the avatar's resolution
     assert real["train_frames_fit_resolution"] > 0 and real["train_opening_p10_fit_resolution"] is not None
+    # the avatar's articulation is read against the real clip read at that resolution too
+    art, ref = c["articulation"], real["articulation_fit_resolution"]
+    assert ref["opening_spread"] != real["articulation"]["opening_spread"]
+    assert art["opening_spread_vs_real"] == pytest.approx(art["opening_spread"] / ref["opening_spread"])
+    if ref.get("bilabial_closure_rate"):
+        assert art["bilabial_closure_rate_vs_real"] == pytest.approx(
+            art["bilabial_closure_rate"] / ref["bilabial_closure_rate"])
     assert (run_dir / "eval_clip_cache.json").is_file()  # kept for the run's next eval
     png = cv2.imread(str(out.with_suffix(".png")))
     assert png is not None and png.shape[0] > 300 and png.shape[1] > 600
@@ -223,7 +230,9 @@ def test_eval_reads_the_clip_once_per_run(run_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(scene_module, "iter_dataset_frames", counting_iter)
     first = clip_frame_measures(scene, cache)
-    assert first["torso_flicker"] > 0 and first["train_frames_fit_resolution"] > 0 and len(reads) == 1
+    assert first["torso_flicker"] > 0 and len(reads) == 1
+    opened = [v for v in first["opening_fit_resolution"] if v is not None]  # every frame, read at the fit resolution
+    assert len(first["opening_fit_resolution"]) == scene.motion.shape[0] and len(opened) > 0.9 * scene.motion.shape[0]
     assert clip_frame_measures(scene, cache) == first and len(reads) == 1  # read back, not measured
     other = dataclasses.replace(scene, window=dataclasses.replace(scene.window, size=scene.window.size // 2))
     clip_frame_measures(other, cache)
@@ -233,30 +242,24 @@ def test_eval_reads_the_clip_once_per_run(run_dir, tmp_path, monkeypatch):
     assert clip_frame_measures(scene, cache) == first and len(reads) == 3  # the mended cache is read back
 
 
-def test_shut_val_openings(run_dir):
+def test_shut_val_openings():
     """The shut-mouth check picks the val frames at or under the training p10 and reports the medians
-    of the given rendered openings on them beside the tracker's reading of the real frames."""
-    from avatar3d.core.runs import open_run
-    from avatar3d.core.scene import load_run_scene, window_frames
-    from avatar3d.drive.evaluate import openings_of, shut_val_openings
+    of the given rendered openings on them beside the real frames' reading at the fit resolution."""
+    from avatar3d.drive.evaluate import shut_val_openings
 
-    scene = load_run_scene(open_run(run_dir), "")
-    frames = window_frames(scene, scene.val)
-    v = len(scene.val)
+    v = 20
     true = np.full(v, 1.0)  # all wider open than the bound (0.5) but two
     true[[0, v - 1]] = 0.0
     rendered = np.arange(v, dtype=np.float64) / 100
-    out = shut_val_openings(scene, frames, 0.5, true, rendered, 2 * rendered, upscale=4)
+    true_fit = 3 * rendered
+    out = shut_val_openings(0.5, true, true_fit, rendered, 2 * rendered)
     assert out["shut_val_frames"] == 2
     assert out["shut_opening_tracked_motion"] == pytest.approx((v - 1) / 200)
     assert out["shut_opening_audio_driven"] == pytest.approx((v - 1) / 100)
-    picked = np.asarray(scene.val)[[0, v - 1]]
-    real_at_fit_size = openings_of([frames[int(i)].image.numpy() for i in picked], 4)
-    assert np.isfinite(real_at_fit_size).all()
-    assert out["shut_opening_truth_fit_resolution"] == pytest.approx(np.median(real_at_fit_size))
+    assert out["shut_opening_truth_fit_resolution"] == pytest.approx(3 * (v - 1) / 200)
     true[:] = np.nan  # no face tracked in any val frame
-    assert shut_val_openings(scene, frames, 0.5, true, rendered, rendered, 4)["shut_opening_truth_fit_resolution"] is None
-    assert shut_val_openings(scene, frames, None, true, rendered, rendered, 4)["shut_val_frames"] == 0
+    assert shut_val_openings(0.5, true, true_fit, rendered, rendered)["shut_opening_truth_fit_resolution"] is None
+    assert shut_val_openings(None, true, true_fit, rendered, rendered)["shut_val_frames"] == 0
 
 
 def test_speech_sync_leaves_digital_silence_out():

@@ -26,14 +26,18 @@ Cross-driven (``--audio``):
     silence, their max the worst single frame (single frames of a shut rendered mouth scatter by
     about +-0.002, a quarter of a pixel at 512 px: the tracker's resolution on a shut mouth).
 
-Articulation (:mod:`avatar3d.drive.articulation`), under ``articulation`` in ``real_clip`` (the
-clip with its own audio: the ceiling) and ``cross_driven`` (with ``*_vs_real`` ratios): the mouth
-opening's and jawOpen's spread while there is sound, and for English audio (``--language``,
-``--clip-language``) the phone measures: bilabial closure rate against the speaker's closed level
-(the training p10; for the avatar the p10 read at the fit resolution), open-vowel opening within
-the speaker's p5-p95 range, and the mouth's timing at those phones. The self-driven val frames add
-the ratio of the audio-driven opening's spread to the real one's. The loudness correlation
-(``sync_r``) stays, for what it is: a mouth that flaps with loudness scores well on it.
+Articulation (:mod:`avatar3d.drive.articulation`), under ``articulation`` in ``cross_driven`` and
+in ``real_clip`` (the clip with its own audio: the ceiling), twice there: ``articulation`` reads
+the tracked frames as they are, ``articulation_fit_resolution`` reads every frame at the fit
+resolution, as the avatar's frames are read. The mouth opening's and jawOpen's spread while there
+is sound, and for English audio (``--language``, ``--clip-language``) the phone measures: bilabial
+closure rate against the speaker's closed level (the training p10), open-vowel opening within the
+speaker's p5-p95 range, and the mouth's timing at those phones. The avatar's measures and their
+``*_vs_real`` ratios use the fit-resolution reading on both sides: levels, range and the ceiling
+(the resolution moves the closure rate a lot: CNN's own clip closes on 0.52 of its /p b m/ read at
+full size, 0.81 read at 256 px; BENCHMARKS.md). The self-driven val frames add the ratio of the
+audio-driven opening's spread to the real val frames' read at the fit resolution. The loudness
+correlation (``sync_r``) stays, for what it is: a mouth that flaps with loudness scores well on it.
 
 Seams (:mod:`avatar3d.drive.seams`), under ``seams`` in ``self_driven`` (the val frames driven by
 their tracked motion) and ``cross_driven``: the seam ratio along the jaw and neck, the ghost area
@@ -69,7 +73,6 @@ from avatar3d.drive.val import to_u8
 
 SILENCE_DB = -60.0  # speech-band envelope below this (dB) counts as a silent frame
 DETECT_CHUNK = 100  # frames handed to the tracker at a time (bounds memory for long audio)
-MATCHED_TRAIN_FRAMES = 200  # training frames re-measured at the fit resolution (see real_reference)
 
 
 @dataclass(frozen=True)
@@ -156,13 +159,14 @@ def self_driven(
     metrics, preds = val_metrics(avatar, scene, val_frames.__getitem__, device)
     up = tracker_upscale(scene.window.size)
     true = mouth_opening(scene.landmarks[scene.val])  # tracked landmarks of the real val frames
+    val = np.asarray(scene.val)
+    true_fit = openings_of([val_frames[int(i)].image.numpy() for i in val], up)  # the same, read at the fit resolution
     tracked = openings_of([to_u8(p) for p in preds], up)
 
     # the same val frames driven by the clip's own audio through the prior
     n = scene.motion.shape[0]
     bs = motion_from_audio(prior, clip_audio, n, scene.motion.numpy())  # [N, 52]
     feats = audio_features_for(avatar, clip_audio, n)
-    val = np.asarray(scene.val)
     driven = Driven(val, torch.from_numpy(bs[val]), None if feats is None else feats[val])
     frames = []
     for i, rgba in zip(val, render_heads(avatar, scene, driven, device)):
@@ -172,9 +176,9 @@ def self_driven(
     out = {k: metrics.get(k) for k in ("frames", "psnr", "ssim", "psnr_head", "ssim_head", "lmd_px", "lmd_truth_px")}
     out["mouth_opening_r_tracked_motion"] = _num(pearson(tracked, true))
     out["mouth_opening_r_audio_driven"] = _num(pearson(audio_driven, true))
-    out["opening_spread_ratio_audio_driven"] = ratio(opening_spread(audio_driven), opening_spread(true))
+    out["opening_spread_ratio_audio_driven"] = ratio(opening_spread(audio_driven), opening_spread(true_fit))
     out["rendered_frames_with_face"] = int(np.isfinite(tracked).sum())
-    out.update(shut_val_openings(scene, val_frames, silence_bound, true, tracked, audio_driven, up))
+    out.update(shut_val_openings(silence_bound, true, true_fit, tracked, audio_driven))
     out["seams"], seams = val_seams(avatar, scene, device)
     curves = {"val_true": true, "val_tracked_motion": tracked, "val_audio_driven": audio_driven, "val_seams": seams}
     return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}, curves
@@ -208,19 +212,17 @@ def tracked_openings(tracks: dict) -> np.ndarray:
 
 
 def shut_val_openings(
-    scene: Scene, val_frames: dict[int, WindowFrame], p10: float | None, true: np.ndarray, tracked: np.ndarray,
-    audio_driven: np.ndarray, upscale: int,
+    p10: float | None, true: np.ndarray, true_fit: np.ndarray, tracked: np.ndarray, audio_driven: np.ndarray,
 ) -> dict:
     """Can the avatar shut its mouth? The val frames whose true opening is at most ``p10`` (the
     training frames' 10th percentile: the silence bound), and on them the median opening the
-    tracker reads on the real frame at the fit resolution (what a perfect avatar would score), on
-    the avatar driven by the tracked motion (the prior plays no part) and driven by the clip's
-    audio. true, tracked, audio_driven: [V] openings of the val frames."""
+    tracker reads on the real frame at the fit resolution (``true_fit``: what a perfect avatar
+    would score), on the avatar driven by the tracked motion (the prior plays no part) and driven
+    by the clip's audio. true, true_fit, tracked, audio_driven: [V] openings of the val frames."""
     shut = np.isfinite(true) & (true <= p10) if p10 is not None else np.zeros(len(true), bool)
-    truth = openings_of([val_frames[int(i)].image.numpy() for i in np.asarray(scene.val)[shut]], upscale)
     return {
         "shut_val_frames": int(shut.sum()),
-        "shut_opening_truth_fit_resolution": _nanstat(np.median, truth),
+        "shut_opening_truth_fit_resolution": _nanstat(np.median, true_fit[shut]),
         "shut_opening_tracked_motion": _nanstat(np.median, tracked[shut]),
         "shut_opening_audio_driven": _nanstat(np.median, audio_driven[shut]),
     }
@@ -276,7 +278,7 @@ def _num_or_none(v):
     return None if v is None else _num(v)
 
 
-CLIP_CACHE_VERSION = 1  # bump when clip_frame_measures measures differently
+CLIP_CACHE_VERSION = 2  # bump when clip_frame_measures measures differently
 
 
 def _clip_cache_key(scene: Scene) -> dict:
@@ -297,14 +299,14 @@ def _clip_cache_key(scene: Scene) -> dict:
         "files": files,
         "window": dataclasses.asdict(scene.window),
         "train_sha256": hashlib.sha256(np.asarray(scene.train, np.int64).tobytes()).hexdigest(),
-        "matched_train_frames": MATCHED_TRAIN_FRAMES,
     }
 
 
 def clip_frame_measures(scene: Scene, cache: Path | None = None) -> dict:
-    """The real clip's measures that read every dataset frame: its torso flicker, and the training
-    frames' 10th-percentile mouth opening as the tracker reads them at the fit resolution (the
-    head window downsampled to the avatar's size and pasted back, as render shows it). With
+    """The real clip's measures that read every dataset frame: its torso flicker, and every frame's
+    mouth opening as the tracker reads it at the fit resolution (``opening_fit_resolution`` [N],
+    None where it finds no face: the head window downsampled to the avatar's size and pasted back,
+    as render shows it, so the real clip is read as the avatar's frames are). With
     ``cache`` (a JSON file), a result whose key (:func:`_clip_cache_key`) still matches is read
     back instead, so evaluating one run on several driving audios reads the clip once; anything
     else there (missing, another key, unreadable) is measured anew and written atomically."""
@@ -322,7 +324,6 @@ def clip_frame_measures(scene: Scene, cache: Path | None = None) -> dict:
                 return stored["measures"]
         except (OSError, ValueError, AttributeError, KeyError):
             pass  # an unreadable cache is measured anew
-    sampled = set(np.asarray(scene.train)[:: max(1, len(scene.train) // MATCHED_TRAIN_FRAMES)].tolist())
     crop = WindowCropper(scene.window, read_plate(scene.data_dir, scene.frame_size))  # its image() only
     matched = StreamedOpenings()
     acc = [0.0, 0]
@@ -331,15 +332,12 @@ def clip_frame_measures(scene: Scene, cache: Path | None = None) -> dict:
         m = labels == Label.TORSO
         _flicker_accumulate(prev, frame, prev_m, m, acc)
         prev, prev_m = frame, m
-        if i in sampled:
-            image = crop.image(frame)
-            window_rgba = torch.cat([image.float() / 255, torch.ones(*image.shape[:2], 1)], -1)
-            matched.add(paste(window_rgba, frame, scene.window))
-    matched_open = matched.values()
+        image = crop.image(frame)
+        window_rgba = torch.cat([image.float() / 255, torch.ones(*image.shape[:2], 1)], -1)
+        matched.add(paste(window_rgba, frame, scene.window))
     measures = {
         "torso_flicker": _num(acc[0] / acc[1]) if acc[1] else None,
-        "train_opening_p10_fit_resolution": _nanstat(np.percentile, matched_open, 10),
-        "train_frames_fit_resolution": len(matched_open),
+        "opening_fit_resolution": [_num(v) for v in matched.values()],
     }
     if cache is not None:
         try:
@@ -352,16 +350,20 @@ def clip_frame_measures(scene: Scene, cache: Path | None = None) -> dict:
 def real_reference(
     scene: Scene, max_lag: int, opening: np.ndarray, clip_audio: np.ndarray, language: str, cache: Path | None = None
 ) -> tuple[dict, dict]:
-    """The measures on the real clip with its own audio (sync, articulation: its ceiling), and its
-    torso flicker. opening: [N] :func:`tracked_openings` of the clip; clip_audio: its 16 kHz audio
-    [S]; language: the clip's (phone measures need English); cache: :func:`clip_frame_measures`'s."""
+    """The measures on the real clip with its own audio (sync, articulation: its ceiling, from the
+    tracked frames and from every frame read at the fit resolution), and its torso flicker.
+    opening: [N] :func:`tracked_openings` of the clip; clip_audio: its 16 kHz audio [S]; language:
+    the clip's (phone measures need English); cache: :func:`clip_frame_measures`'s."""
     from avatar3d.core.vocab import blendshape_index
     from avatar3d.drive.sync import speech_envelope
 
     env = speech_envelope(clip_audio)
     lc = speech_sync(opening, env, max_lag)
-    train_open = opening[np.asarray(scene.train)]
+    train = np.asarray(scene.train)
+    train_open = opening[train]
     frames = clip_frame_measures(scene, cache)
+    fit_open = np.array([np.nan if v is None else v for v in frames["opening_fit_resolution"]], np.float64)
+    train_fit = fit_open[train]
     out = {
         "sync_r": _num(lc.best_r), "sync_lag": lc.best_lag, "sync_r_at_zero": _num(lc.r_at_zero),
         "torso_flicker": frames["torso_flicker"],
@@ -369,12 +371,18 @@ def real_reference(
         "train_opening_median": _nanstat(np.median, train_open),
         "train_opening_p5": _nanstat(np.percentile, train_open, 5),
         "train_opening_p95": _nanstat(np.percentile, train_open, 95),
-        "train_opening_p10_fit_resolution": frames["train_opening_p10_fit_resolution"],
-        "train_frames_fit_resolution": frames["train_frames_fit_resolution"],
+        "train_opening_p10_fit_resolution": _nanstat(np.percentile, train_fit, 10),
+        "train_opening_p5_fit_resolution": _nanstat(np.percentile, train_fit, 5),
+        "train_opening_p95_fit_resolution": _nanstat(np.percentile, train_fit, 95),
+        "train_frames_fit_resolution": int(np.isfinite(train_fit).sum()),
     }
+    jaw = scene.motion[:, blendshape_index("jawOpen")].numpy()
     out["articulation"], phones = articulation_of(
-        opening, env, scene.motion[:, blendshape_index("jawOpen")].numpy(), clip_audio, language,
+        opening, env, jaw, clip_audio, language,
         out["train_opening_p10"], out["train_opening_p5"], out["train_opening_p95"])
+    out["articulation_fit_resolution"], _ = articulation_of(
+        fit_open, env, jaw, clip_audio, language, out["train_opening_p10_fit_resolution"],
+        out["train_opening_p5_fit_resolution"], out["train_opening_p95_fit_resolution"])
     return out, {"real_opening": opening, "real_envelope": env, "real_phones": phones}
 
 
@@ -526,12 +534,12 @@ def run_eval(config: EvalConfig) -> dict:
         if cross["torso_flicker"] is not None and real["torso_flicker"]:
             cross["torso_flicker_vs_real"] = cross["torso_flicker"] / real["torso_flicker"]
         cross["audio"] = str(config.audio)
-        # the avatar's closed level: the training frames' p10 as the tracker reads them at the fit resolution
-        closed = real["train_opening_p10_fit_resolution"]
+        # the avatar's frames are read at the fit resolution: so are its closed level, range and ceiling
         art, curves["cross_phones"] = articulation_of(
             cross_curves["cross_opening"], cross_curves["cross_envelope"], cross_curves["cross_jaw"], audio16,
-            config.language, closed, real["train_opening_p5"], real["train_opening_p95"])
-        ref = real["articulation"]
+            config.language, real["train_opening_p10_fit_resolution"], real["train_opening_p5_fit_resolution"],
+            real["train_opening_p95_fit_resolution"])
+        ref = real["articulation_fit_resolution"]
         for key in ("opening_spread", "jaw_spread", "bilabial_closure_rate", "open_vowel_opening"):
             if key in art:
                 art[f"{key}_vs_real"] = ratio(art.get(key), ref.get(key))
@@ -564,7 +572,7 @@ def summary_line(result: dict, out: Path, png: Path) -> str:
         line += (f"; cross sync r {_fmt(c['sync_r'])} at lag {c['sync_lag']} (real {_fmt(real['sync_r'])}"
                  f" at {real['sync_lag']}), torso flicker {_fmt(c['torso_flicker'])} "
                  f"(real {_fmt(real['torso_flicker'])})")
-        art, ref = c.get("articulation", {}), real.get("articulation", {})
+        art, ref = c.get("articulation", {}), real.get("articulation_fit_resolution", {})
         line += _seams_clause(c.get("seams"))
         line += (f", opening spread {_fmt(art.get('opening_spread_vs_real'), 2)}x real")
         if art.get("bilabial_closure_rate") is not None:
