@@ -252,10 +252,12 @@ def speech_sync(opening: np.ndarray, envelope: np.ndarray, max_lag: int):
 
 
 def articulation_of(opening: np.ndarray, envelope: np.ndarray, jaw: np.ndarray, audio16: np.ndarray,
-                    language: str, closed: float | None, lo: float | None, hi: float | None) -> tuple[dict, list]:
+                    language: str, closed: float | None, lo: float | None, hi: float | None,
+                    phones: list | None = None) -> tuple[dict, list]:
     """:mod:`avatar3d.drive.articulation` on one clip: the opening's and jawOpen's spread over the
     frames with sound, and the phone measures when the language allows (else why not). opening,
-    envelope (dB), jaw: [N]; closed/lo/hi: the speaker's closed level and p5/p95 opening."""
+    envelope (dB), jaw: [N]; closed/lo/hi: the speaker's closed level and p5/p95 opening; phones:
+    ``audio16``'s phone segments when already found (another reading of the same clip)."""
     from avatar3d.audio.phones import phone_segments, phones_unavailable_reason
 
     n = min(len(opening), len(envelope), len(jaw))
@@ -265,13 +267,13 @@ def articulation_of(opening: np.ndarray, envelope: np.ndarray, jaw: np.ndarray, 
     reason = phones_unavailable_reason(language)
     if reason is None and None in (closed, lo, hi):
         reason = "no tracked training frames to set the speaker's closed level and range"
-    phones = []
+    found = []
     if reason is None:
-        phones = phone_segments(audio16, language)
-        out.update(phone_measures(opening[:n], phones, closed, lo, hi))
+        found = phone_segments(audio16, language) if phones is None else phones
+        out.update(phone_measures(opening[:n], found, closed, lo, hi))
     else:
         out["phone_measures_skipped"] = reason
-    return out, phones
+    return out, found
 
 
 def _num_or_none(v):
@@ -382,7 +384,7 @@ def real_reference(
         out["train_opening_p10"], out["train_opening_p5"], out["train_opening_p95"])
     out["articulation_fit_resolution"], _ = articulation_of(
         fit_open, env, jaw, clip_audio, language, out["train_opening_p10_fit_resolution"],
-        out["train_opening_p5_fit_resolution"], out["train_opening_p95_fit_resolution"])
+        out["train_opening_p5_fit_resolution"], out["train_opening_p95_fit_resolution"], phones)
     return out, {"real_opening": opening, "real_envelope": env, "real_phones": phones}
 
 
